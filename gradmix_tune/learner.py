@@ -1,0 +1,271 @@
+"""The class-incremental loop: tasks -> epochs -> steps, evaluation -> accuracy matrix.
+
+Knows nothing about Ray or MLflow: results go to the `Hooks` callbacks, and a checkpoint is a
+plain dict (`Learner.state_dict`) that `run(..., resume=...)` continues from.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .augment import PolicyAugment
+from .config import ExperimentConfig
+from .data import Benchmark, augment_batch, load_benchmark
+from .memory import Buffer
+from .mixing import MixContext, Mixer
+from .models import build_model
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or inf: training on garbage is stopped, not continued."""
+
+
+@dataclass
+class EpochRecord:
+    task: int
+    epoch: int
+    global_epoch: int  # 1-based count of epochs trained so far, over all tasks
+    seen_acc: float  # test accuracy on all classes seen so far
+    loss: float
+    time_s: float
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TaskRecord:
+    task: int
+    accuracies: list[float]  # A[task][j] for j <= task
+    avg_acc: float
+    time_s: float
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Hooks:
+    """Callbacks. on_task gets a zero-argument function that returns a checkpoint dict."""
+
+    on_epoch: Callable[[EpochRecord], None] | None = None
+    on_task: Callable[[TaskRecord, Callable[[], dict]], None] | None = None
+
+
+@dataclass
+class RunResult:
+    accuracy_matrix: list[list[float]]
+    final_avg_acc: float
+    avg_incremental_acc: float
+    forgetting: float
+    bwt: float
+    wall_time_s: float
+    epochs: list[dict]
+    tasks: list[dict]
+    s_matrix: list[list[float]] | None
+    config: dict
+
+    def summary(self) -> dict:
+        return {k: getattr(self, k) for k in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
+                                               "accuracy_matrix", "wall_time_s", "config")}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Learner:
+    def __init__(self, cfg: ExperimentConfig, bench: Benchmark | None = None):
+        self.cfg = cfg
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = pick_device(cfg.train.device)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.seed)
+        self.bench = bench if bench is not None else load_benchmark(cfg, self.device)
+        self.bench.to(self.device)
+        self.model = build_model(cfg, self.bench.input_shape, self.bench.num_classes).to(self.device)
+        t = cfg.train
+        if t.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
+                                       weight_decay=t.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # every sampling decision draws from it
+        self.buffer = Buffer(cfg.memory.size, cfg.memory.policy, seed=cfg.seed)
+        self.mixer = Mixer(cfg.mixing, self.bench.num_classes, cfg.seed)
+        self.policy = (PolicyAugment(cfg.augment.policy, self.bench.mean, self.bench.std, cfg.seed)
+                       if cfg.augment.policy != "none" else None)
+        self.acc: list[list[float]] = []
+        self.epochs: list[dict] = []
+        self.tasks: list[dict] = []
+        self.next_task = 0
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def accuracy(self, classes: list[int]) -> float:
+        test = self.bench.test
+        idx = torch.nonzero(torch.isin(test.y, torch.tensor(classes, device=test.y.device))).flatten()
+        if len(idx) == 0:
+            return float("nan")
+        was = self.model.training
+        self.model.eval()
+        correct = 0
+        bs = self.cfg.train.eval_batch_size
+        for i in range(0, len(idx), bs):
+            j = idx[i:i + bs]
+            correct += int((self.model(test.x[j]).argmax(1) == test.y[j]).sum())
+        self.model.train(was)
+        return correct / len(idx)
+
+    # ------------------------------------------------------------------ one task
+    def _class_counts(self, task: int) -> torch.Tensor:
+        counts = torch.zeros(self.bench.num_classes)
+        for c, n in self.buffer.class_counts().items():
+            counts[c] += n
+        ytr = self.bench.train.y[self._task_idx].cpu()
+        counts += torch.bincount(ytr, minlength=self.bench.num_classes).float()
+        return counts
+
+    def _probe(self, k: int):
+        """k samples per seen class, grouped by class: buffer for old classes, task data for new."""
+        xs, ys, old = [], [], []
+        current = set(self.bench.task_classes[self.next_task])
+        seen = [c for t in range(self.next_task + 1) for c in self.bench.task_classes[t]]
+        buf_y = self.buffer.y[: len(self.buffer)] if len(self.buffer) else None
+        for c in sorted(seen):
+            if c in current:
+                pool, src = self._by_class[c], self.bench.train.x
+            else:
+                pool = torch.nonzero(buf_y == c).flatten() if buf_y is not None else torch.empty(0)
+                src = self.buffer.x
+            if len(pool) == 0:
+                continue
+            pick = pool[torch.randint(0, len(pool), (k,), generator=self.gen).to(pool.device)]
+            xs.append(src[pick])
+            ys.append(torch.full((k,), c, dtype=torch.int64, device=self.device))
+            old.append(torch.full((k,), c not in current, dtype=torch.bool, device=self.device))
+        return torch.cat(xs), torch.cat(ys), torch.cat(old)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, task: int, new_epoch: bool) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.memory.size > 0 and len(self.buffer) > 0 and cfg.memory.replay_batch_size > 0:
+            bi = self.buffer.sample(cfg.memory.replay_batch_size, self.gen).to(self.device)
+            x = torch.cat([x, self.buffer.x[bi]])
+            y = torch.cat([y, self.buffer.y[bi]])
+        if self.bench.augment:
+            x = augment_batch(x, self.gen)
+        if self.policy is not None:
+            x = self.policy(x, self.gen)
+        if cfg.mixing.selection != "none":
+            ctx = MixContext(self.model, self._probe, self._old_buffer_empty(task),
+                             self._counts, new_epoch)
+            x, y_soft = self.mixer(x, y, ctx)
+            loss = F.cross_entropy(self.model(x), y_soft)  # probabilities as targets: soft-label CE
+        else:
+            loss = F.cross_entropy(self.model(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def _old_buffer_empty(self, task: int) -> bool:
+        # "nothing to protect" until the buffer holds classes of an earlier task
+        return task == 0 or len(self.buffer) == 0
+
+    def train_task(self, task: int, hooks: Hooks) -> None:
+        cfg, bench = self.cfg, self.bench
+        t_task = time.perf_counter()
+        self._task_idx = bench.task_indices("train", task)
+        ytr = bench.train.y[self._task_idx]
+        self._by_class = {c: self._task_idx[ytr == c] for c in bench.task_classes[task]}
+        self._counts = self._class_counts(task) if cfg.mixing.selection == "remix" else None
+        seen = [c for t in range(task + 1) for c in bench.task_classes[t]]
+        self.model.train()
+        task_diag: dict[str, float] = {}
+        for epoch in range(cfg.train.epochs):
+            t0 = time.perf_counter()
+            perm = self._task_idx[torch.randperm(len(self._task_idx), generator=self.gen).to(self.device)]
+            bs = cfg.train.batch_size
+            total = torch.zeros((), device=self.device)
+            steps = 0
+            for i in range(0, len(perm), bs):
+                bi = perm[i:i + bs]
+                x, y = bench.train.x[bi], bench.train.y[bi]
+                total += self._step(x, y, task, new_epoch=(i == 0))
+                steps += 1
+                if epoch == 0 and cfg.memory.size > 0:
+                    self.buffer.add(x, y, task)  # each sample is offered to the buffer once
+            loss = float(total) / max(steps, 1)
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss} in task {task}, epoch {epoch}: lower train.lr "
+                                    "or check the data")
+            diag = self.mixer.reset_stats().as_dict() if cfg.mixing.selection != "none" else {}
+            task_diag = diag
+            seen_acc = self.accuracy(seen) if (cfg.train.eval_every_epoch or epoch == cfg.train.epochs - 1) \
+                else float("nan")
+            rec = EpochRecord(task, epoch, len(self.epochs) + 1, seen_acc, loss, time.perf_counter() - t0, diag)
+            self.epochs.append(asdict(rec))
+            if hooks.on_epoch:
+                hooks.on_epoch(rec)
+        row = [self.accuracy(bench.task_classes[j]) for j in range(task + 1)]
+        self.acc.append(row)
+        self.next_task = task + 1
+        rec = TaskRecord(task, row, sum(row) / len(row), time.perf_counter() - t_task, task_diag)
+        self.tasks.append(asdict(rec))
+        self.elapsed += time.perf_counter() - t_task
+        if hooks.on_task:
+            hooks.on_task(rec, self.state_dict)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "buffer": self.buffer.state_dict(), "mixer": self.mixer.state_dict(),
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "acc": self.acc, "epochs": self.epochs, "tasks": self.tasks,
+                "next_task": self.next_task, "elapsed": self.elapsed}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.buffer.load_state_dict(s["buffer"], self.device)
+        self.mixer.load_state_dict(s["mixer"])
+        self.gen.set_state(s["gen"])
+        torch.set_rng_state(s["torch_rng"])
+        self.acc, self.epochs, self.tasks = s["acc"], s["epochs"], s["tasks"]
+        self.next_task, self.elapsed = s["next_task"], s["elapsed"]
+
+    def result(self) -> RunResult:
+        a = self.acc
+        m = metrics.summarize(a)
+        S = self.mixer.S
+        return RunResult(accuracy_matrix=a, wall_time_s=self.elapsed, epochs=self.epochs, tasks=self.tasks,
+                         s_matrix=None if S is None else [[None if math.isnan(v) else v for v in row]
+                                                          for row in S.tolist()],
+                         config=self.cfg.to_dict(), **m)
+
+
+def run(cfg: ExperimentConfig, hooks: Hooks | None = None, resume: dict | None = None,
+        bench: Benchmark | None = None) -> RunResult:
+    """Train on every task in order and return the metrics. `resume`: a state_dict checkpoint."""
+    hooks = hooks or Hooks()
+    learner = Learner(cfg, bench)
+    if resume is not None:
+        learner.load_state_dict(resume)
+    for task in range(learner.next_task, learner.bench.num_tasks):
+        learner.train_task(task, hooks)
+    return learner.result()

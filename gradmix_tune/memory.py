@@ -1,0 +1,129 @@
+"""Replay buffers (reservoir, class-balanced) as preallocated tensors on the device.
+
+Replacement decisions use a Python RNG (cheap per sample, checkpointable); the data moves
+in one indexed copy per batch.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+
+class Buffer:
+    """Fixed-size sample store. `policy`: reservoir | class_balanced."""
+
+    def __init__(self, size: int, policy: str = "reservoir", seed: int = 0):
+        self.size, self.policy = size, policy
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.task = None  # task id of each stored sample (retrieval excludes the current task)
+        self.n = 0  # filled slots
+        self.seen = 0  # samples offered so far
+        self.rng = random.Random(seed)
+        self._counts: dict[int, int] = {}  # stored samples per class
+        self._class_seen: dict[int, int] = {}  # offered samples per class
+        self._labels: list[int] = [0] * size  # label of each slot, host-side
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _alloc(self, x: torch.Tensor) -> None:
+        self.x = torch.empty((self.size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        self.y = torch.empty(self.size, dtype=torch.int64, device=x.device)
+        self.task = torch.empty(self.size, dtype=torch.int64, device=x.device)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, task: int = 0) -> None:
+        if self.size == 0:
+            return
+        if self.x is None:
+            self._alloc(x)
+        labels = y.tolist()
+        src, dst = [], []
+        for i, label in enumerate(labels):
+            self._class_seen[label] = self._class_seen.get(label, 0) + 1
+            slot = self._slot(label)
+            self.seen += 1
+            if slot is None:
+                continue
+            if slot < self.n:  # evicting: keep class counts right
+                old = int(self._labels[slot])
+                self._counts[old] -= 1
+            else:
+                self.n += 1
+            self._labels[slot] = label
+            self._counts[label] = self._counts.get(label, 0) + 1
+            # a later sample in the same batch may take the same slot: last write wins
+            if slot in dst:
+                k = dst.index(slot)
+                del src[k], dst[k]
+            src.append(i)
+            dst.append(slot)
+        if dst:
+            d = torch.tensor(dst, device=x.device)
+            s = torch.tensor(src, device=x.device)
+            self.x[d] = x[s]
+            self.y[d] = y[s]
+            self.task[d] = task
+
+    def _slot(self, label: int) -> int | None:
+        if self.n < self.size:
+            return self.n
+        if self.policy == "reservoir":
+            j = self.rng.randint(0, self.seen)  # inclusive: P(keep) = size / (seen + 1)
+            return j if j < self.size else None
+        # class_balanced (CBRS, Chrysakis & Moens 2020): a sample of a smaller class evicts a
+        # random sample of a largest class; a sample of a largest class replaces one of its own
+        # class with probability stored/seen of that class (reservoir within the class).
+        largest = max(self._counts.values())
+        if self._counts.get(label, 0) >= largest:
+            if self.rng.random() >= self._counts[label] / self._class_seen[label]:
+                return None
+            target = label
+        else:
+            biggest = [c for c, n in self._counts.items() if n == largest]
+            target = biggest[self.rng.randrange(len(biggest))]
+        slots = [i for i, lab in enumerate(self._labels[: self.n]) if lab == target]
+        return slots[self.rng.randrange(len(slots))]
+
+    def sample(self, n: int, gen: torch.Generator, exclude_task: int | None = None) -> torch.Tensor:
+        """Indices of n stored samples drawn uniformly without replacement."""
+        if self.n == 0 or n == 0:
+            return torch.empty(0, dtype=torch.int64)
+        if exclude_task is not None:
+            pool = torch.nonzero(self.task[: self.n].cpu() != exclude_task).flatten()
+            if len(pool) == 0:
+                return pool
+            perm = torch.randperm(len(pool), generator=gen)[:n]
+            return pool[perm]
+        return torch.randperm(self.n, generator=gen)[:n]
+
+    def class_counts(self) -> dict[int, int]:
+        return dict(sorted(self._counts.items()))
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "policy": self.policy, "n": self.n, "seen": self.seen,
+                "x": None if self.x is None else self.x[: self.n].cpu(),
+                "y": None if self.y is None else self.y[: self.n].cpu(),
+                "task": None if self.task is None else self.task[: self.n].cpu(),
+                "rng": self.rng.getstate(), "class_seen": dict(self._class_seen)}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        self.size, self.policy, self.n, self.seen = state["size"], state["policy"], state["n"], state["seen"]
+        self.rng.setstate(_as_rng_state(state["rng"]))
+        self._class_seen = {int(k): v for k, v in state["class_seen"].items()}
+        self._labels = [0] * self.size
+        self._counts = {}
+        if state["x"] is not None:
+            self._alloc(state["x"].to(device))
+            self.x[: self.n] = state["x"].to(device)
+            self.y[: self.n] = state["y"].to(device)
+            self.task[: self.n] = state["task"].to(device)
+            for i, lab in enumerate(state["y"].tolist()):
+                self._labels[i] = lab
+                self._counts[lab] = self._counts.get(lab, 0) + 1
+
+
+def _as_rng_state(s):
+    # random.getstate() is (version, tuple, gauss); serialisers may turn tuples into lists
+    return (s[0], tuple(s[1]), s[2])

@@ -1,0 +1,307 @@
+"""Mixup / CutMix and the pair selections that decide who is mixed with whom.
+
+`mixing.selection`:
+  none            plain ER: nothing mixed
+  random          ER+Mixup: every sample mixed with a random partner from the batch
+  random_matched  random partners, but only a fraction of samples mixed (GradMix's own rate
+                  in this batch when mix_rate is "matched"): separates selecting from mixing less
+  gradient        GradMix: partner must form a helpful class pair, S[a, b] >= threshold
+  gradient_sample per-sample criterion: score each candidate mix with one extra no-grad forward
+  remix           Remix (Chou et al. 2020): labels pushed toward the minority class
+  balanced_mixup  Balanced-MixUp (Galdran et al. 2021): partner drawn class-balanced, lam~Beta(a, 1)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import gradients as G
+from .config import ConfigError, MixingConfig
+
+
+@dataclass
+class MixContext:
+    """What the learner tells the mixer about the current step."""
+
+    model: torch.nn.Module
+    probe: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # k -> x, y, is_old
+    buffer_empty: bool
+    class_counts: torch.Tensor  # samples available per class (task data + buffer), float
+    new_epoch: bool
+
+
+@dataclass
+class MixStats:
+    mixed: int = 0
+    samples: int = 0
+    pairs_helpful: float = float("nan")  # of the last refresh
+    selection_time_s: float = 0.0
+    refreshes: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"frac_mixed": self.mixed / max(self.samples, 1), "frac_pairs_helpful": self.pairs_helpful,
+                "selection_time_s": self.selection_time_s, "refreshes": float(self.refreshes)}
+
+
+def cutmix_masks(n: int, h: int, w: int, lam: np.ndarray, rng: np.random.Generator):
+    """Per-sample boxes of area ~(1 - lam) (Yun et al. 2019): mask N x 1 x H x W (True = take the
+    partner's pixel) and the true lam = 1 - box area / image area after clipping at the border."""
+    cut = np.sqrt(np.clip(1 - lam, 0, 1))
+    ch, cw = np.round(cut * h), np.round(cut * w)
+    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+    y0 = np.floor(np.clip(cy - ch / 2, 0, h))
+    y1 = np.floor(np.clip(cy + ch / 2, 0, h))
+    x0 = np.floor(np.clip(cx - cw / 2, 0, w))
+    x1 = np.floor(np.clip(cx + cw / 2, 0, w))
+    rows = np.arange(h).reshape(1, h, 1)
+    cols = np.arange(w).reshape(1, 1, w)
+    mask = ((rows >= y0.reshape(n, 1, 1)) & (rows < y1.reshape(n, 1, 1))
+            & (cols >= x0.reshape(n, 1, 1)) & (cols < x1.reshape(n, 1, 1)))
+    true_lam = 1 - mask.sum(axis=(1, 2)) / (h * w)
+    return torch.from_numpy(mask).unsqueeze(1), true_lam
+
+
+def mix_inputs(xa: torch.Tensor, xb: torch.Tensor, lam: np.ndarray, op: str,
+               rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """lam_i xa_i + (1 - lam_i) xb_i (mixup), or xb's box pasted into xa (cutmix). Returns x, lam.
+
+    lam == 1 leaves a sample untouched under both ops."""
+    if op == "mixup":
+        shape = (-1,) + (1,) * (xa.dim() - 1)
+        lt = torch.from_numpy(lam).to(xa.device, xa.dtype).view(shape)
+        return xb + lt * (xa - xb), lam
+    if xa.dim() != 4:
+        raise ConfigError(None, "mixing.op", "cutmix needs image inputs (N x C x H x W)", "use mixing.op: mixup")
+    mask, true_lam = cutmix_masks(xa.shape[0], xa.shape[2], xa.shape[3], lam, rng)
+    return torch.where(mask.to(xa.device), xb, xa), true_lam
+
+
+def random_partner(allowed: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, a uniformly random allowed column (never itself); and whether any was allowed."""
+    allowed = allowed.copy()
+    np.fill_diagonal(allowed, False)
+    scores = rng.random(allowed.shape)
+    scores[~allowed] = -1.0
+    return scores.argmax(axis=1), allowed.any(axis=1)
+
+
+def any_partner(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random partner other than itself, for every sample."""
+    return (np.arange(n) + rng.integers(1, n, n)) % n if n > 1 else np.zeros(n, dtype=np.int64)
+
+
+class Mixer:
+    """Holds the selection state (S matrix, buffer gradient, its RNG) across steps."""
+
+    def __init__(self, cfg: MixingConfig, num_classes: int, seed: int):
+        self.cfg, self.num_classes = cfg, num_classes
+        self.rng = np.random.default_rng(seed)  # host-side: cheap per step, checkpointable
+        self.S: torch.Tensor | None = None  # C x C, NaN for classes not seen at the last refresh
+        self.helpful: np.ndarray | None = None  # C x C bool
+        self.g_buf: torch.Tensor | None = None  # C x (D+1), gradient_sample's reference
+        self.step_count = 0
+        self.stats = MixStats()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"S": self.S, "helpful": None if self.helpful is None else torch.from_numpy(self.helpful),
+                "g_buf": self.g_buf, "step_count": self.step_count, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.S, self.g_buf, self.step_count = s["S"], s["g_buf"], s["step_count"]
+        self.helpful = None if s["helpful"] is None else s["helpful"].numpy()
+        self.rng.bit_generator.state = s["rng"]
+
+    def reset_stats(self) -> MixStats:
+        old, self.stats = self.stats, MixStats(pairs_helpful=self.stats.pairs_helpful)
+        return old
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, ctx: MixContext):
+        """Returns (inputs, soft targets). Only called when selection != none."""
+        sel, rng = self.cfg.selection, self.rng
+        self.step_count += 1
+        t0 = time.perf_counter()
+        n = x.shape[0]
+        yn = y.cpu().numpy()
+        lam = rng.beta(self.cfg.alpha, 1.0 if sel == "balanced_mixup" else self.cfg.alpha, n)
+        do_mix = np.ones(n, dtype=bool)
+        if sel in ("gradient", "random_matched") and not ctx.buffer_empty and self._due(ctx):
+            self.refresh(ctx)
+        if sel in ("random", "remix"):
+            partner = any_partner(n, rng)
+        elif sel == "gradient":
+            if ctx.buffer_empty or self.helpful is None:  # first task: nothing to protect
+                partner = any_partner(n, rng)
+            else:
+                partner, do_mix = random_partner(self.helpful[yn][:, yn], rng)
+        elif sel == "random_matched":
+            partner = any_partner(n, rng)
+            k = int(round(self._matched_rate(yn) * n if not ctx.buffer_empty else n))
+            do_mix = np.zeros(n, dtype=bool)
+            do_mix[rng.permutation(n)[:k]] = True
+        elif sel == "gradient_sample":
+            partner = any_partner(n, rng)
+            if not ctx.buffer_empty:
+                if self.g_buf is None or self._due(ctx):
+                    self.g_buf = self._buffer_grad(ctx)
+                pt = torch.from_numpy(partner).to(x.device)
+                xm, lam_m = mix_inputs(x, x[pt], lam, self.cfg.op, rng)
+                score = self._sample_scores(ctx.model, xm, self._targets(y, pt, lam_m))
+                do_mix = (score >= self.cfg.threshold).cpu().numpy()
+        elif sel == "balanced_mixup":
+            # class-balanced partner: a class uniformly among those in the batch, then a sample of it
+            classes = np.unique(yn)
+            pick = classes[rng.integers(0, len(classes), n)]
+            allowed = yn[None, :] == pick[:, None]
+            partner, do_mix = random_partner(allowed, rng)
+        else:  # validated in config; kept for programmatic use
+            raise ConfigError(None, "mixing.selection", f"unknown selection {sel!r}", "see the README")
+
+        lam = np.where(do_mix, lam, 1.0)
+        pt = torch.from_numpy(partner).to(x.device)
+        x_out, lam = mix_inputs(x, x[pt], lam, self.cfg.op, rng)
+        lam_y = self._remix_labels(yn, partner, lam, ctx) if sel == "remix" else lam
+        self.stats.mixed += int(do_mix.sum())
+        self.stats.samples += n
+        self.stats.selection_time_s += time.perf_counter() - t0
+        return x_out, self._targets(y, pt, lam_y)
+
+    def _due(self, ctx: MixContext) -> bool:
+        every = self.cfg.refresh_every
+        if self.helpful is None and self.g_buf is None:
+            return True
+        if every == "epoch":
+            return ctx.new_epoch
+        return (self.step_count - 1) % int(every) == 0
+
+    def _targets(self, y: torch.Tensor, partner: torch.Tensor, lam: np.ndarray) -> torch.Tensor:
+        oh = F.one_hot(y, self.num_classes).float()
+        lt = torch.from_numpy(np.asarray(lam)).to(oh.device, oh.dtype).view(-1, 1)
+        return oh[partner] + lt * (oh - oh[partner])
+
+    def _remix_labels(self, yn, partner, lam, ctx):
+        """Remix: when class i outnumbers class j by kappa and lam < tau, the label is all j."""
+        counts = ctx.class_counts.numpy()
+        ratio = counts[yn] / np.maximum(counts[yn[partner]], 1)
+        kappa, tau = self.cfg.remix_kappa, self.cfg.remix_tau
+        lam_y = lam.copy()
+        lam_y[(ratio >= kappa) & (lam < tau)] = 0.0
+        lam_y[(ratio <= 1 / kappa) & (1 - lam < tau)] = 1.0
+        return lam_y
+
+    def _matched_rate(self, yn: np.ndarray) -> float:
+        rate = self.cfg.mix_rate
+        if not isinstance(rate, str):
+            return float(rate)
+        if self.helpful is None:
+            return 1.0  # GradMix mixes everything while there is no buffer
+        allowed = self.helpful[yn][:, yn].copy()
+        np.fill_diagonal(allowed, False)
+        return float(allowed.any(axis=1).mean())
+
+    # ------------------------------------------------------------------ gradient criterion
+    @staticmethod
+    def _forward(model, x: torch.Tensor, chunk: int = 2048):
+        hs, ls = [], []
+        for i in range(0, x.shape[0], chunk):
+            h = model.features(x[i:i + chunk])
+            hs.append(h)
+            ls.append(model.head(h))
+        return torch.cat(hs), torch.cat(ls)
+
+    def _buffer_grad(self, ctx: MixContext) -> torch.Tensor:
+        model = ctx.model
+        px, py, old = ctx.probe(self.cfg.probes_per_class)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            h, logits = self._forward(model, px[old])
+            g = G.mean_grad(G.residuals(logits, F.one_hot(py[old], self.num_classes).float()), h)
+        model.train(was)
+        return g
+
+    def _sample_scores(self, model, xm, ym) -> torch.Tensor:
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            h, logits = self._forward(model, xm)
+            r = G.residuals(logits, ym)
+            s = G.inner_with(r, h, self.g_buf)
+            if self.cfg.criterion == "cosine":
+                norms = r.norm(dim=1) * G.augment_bias(h).norm(dim=1) * self.g_buf.norm()
+                s = s / norms.clamp_min(1e-12)
+        model.train(was)
+        return s
+
+    def refresh(self, ctx: MixContext) -> torch.Tensor:
+        """Recompute S[a, b] for every pair of seen classes from k probe mixes per pair."""
+        t0 = time.perf_counter()
+        model, k, C = ctx.model, self.cfg.probes_per_class, self.num_classes
+        px, py, old = ctx.probe(k)
+        classes = torch.unique(py, sorted=True)
+        m = len(classes)
+        # probes arrive grouped: k per class in `classes` order
+        xa = px.view(m, k, *px.shape[1:])
+        ia, ib = torch.triu_indices(m, m)  # unordered pairs, (a, a) included
+        perm = torch.from_numpy(self.rng.permutation(k))
+        xa_pairs = xa[ia].reshape(-1, *px.shape[1:])
+        xb_pairs = xa[ib][:, perm].reshape(-1, *px.shape[1:])
+        n = xa_pairs.shape[0]
+        lam = self.rng.beta(self.cfg.alpha, self.cfg.alpha, n)
+        xm, lam = mix_inputs(xa_pairs, xb_pairs, lam, self.cfg.op, self.rng)
+        ya = classes[ia].repeat_interleave(k).to(py.device)
+        yb = classes[ib].repeat_interleave(k).to(py.device)
+        oh_a, oh_b = F.one_hot(ya, C).float(), F.one_hot(yb, C).float()
+        lt = torch.from_numpy(lam).to(oh_a.device, oh_a.dtype).view(-1, 1)
+        ym = oh_b + lt * (oh_a - oh_b)
+        was = model.training
+        model.eval()
+        if self.cfg.gradient_scope == "full":
+            scores = self._full_scores(model, xm, ym, px[old], py[old], len(ia), k)
+        else:
+            with torch.no_grad():
+                h_buf, l_buf = self._forward(model, px[old])
+                g_buf = G.mean_grad(G.residuals(l_buf, F.one_hot(py[old], C).float()), h_buf)
+                h, logits = self._forward(model, xm)
+                r = G.residuals(logits, ym)
+                scores = G.inner_with(r, h, g_buf).view(-1, k).mean(dim=1)
+                if self.cfg.criterion == "cosine":
+                    norms = G.group_sq_norms(r, h, len(ia), k).sqrt() * g_buf.norm()
+                    scores = scores / norms.clamp_min(1e-12)
+            self.g_buf = g_buf
+        model.train(was)
+        S = torch.full((C, C), float("nan"))
+        ca, cb = classes[ia].cpu(), classes[ib].cpu()
+        S[ca, cb] = scores.cpu().float()
+        S[cb, ca] = scores.cpu().float()
+        self.S = S
+        self.helpful = (S >= self.cfg.threshold).numpy()  # NaN (unseen) compares False
+        self.stats.pairs_helpful = float((scores >= self.cfg.threshold).float().mean())
+        self.stats.refreshes += 1
+        self.stats.selection_time_s += time.perf_counter() - t0
+        return S
+
+    def _full_scores(self, model, xm, ym, bx, by, n_pairs, k) -> torch.Tensor:
+        """Full-model gradients per pair (slow; checks the last-layer approximation)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def flat_grad(loss):
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+            return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, params)])
+
+        g_buf = flat_grad(F.cross_entropy(model(bx), by))
+        out = []
+        for i in range(n_pairs):
+            sl = slice(i * k, (i + 1) * k)
+            g = flat_grad(G.soft_cross_entropy(model(xm[sl]), ym[sl]))
+            s = g @ g_buf
+            if self.cfg.criterion == "cosine":
+                s = s / (g.norm() * g_buf.norm()).clamp_min(1e-12)
+            out.append(s.detach())
+        return torch.stack(out)

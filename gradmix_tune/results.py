@@ -1,0 +1,53 @@
+"""Learner records -> flat result dicts: the one contract between the trainable (sweep.py),
+the MLflow callback (tracking.py) and the report (report.py).
+
+Every dict has `kind` ("epoch" | "task") and only scalar values (lists go as JSON strings), so
+Ray Tune, its schedulers and MLflow can take it as it is.
+
+kind = "epoch" (after every epoch):
+    task, epoch, global_epoch, seen_acc, loss, epoch_time_s,
+    and with mixing: frac_mixed, frac_pairs_helpful, selection_time_s, refreshes
+kind = "task" (after every task; carries the checkpoint):
+    task, tasks_done, global_epoch, avg_acc, acc_task_<j> for j <= task, task_time_s,
+    accuracy_matrix (JSON), and, on the last task only, done=1 plus
+    final_avg_acc, avg_incremental_acc, forgetting, bwt, wall_time_s, s_matrix (JSON or "")
+Every dict also has `avg_acc` (mean accuracy on tasks seen so far, the last task's value) so a
+scheduler always finds its metric.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from . import metrics
+from .learner import EpochRecord, TaskRecord
+
+SUMMARY_KEYS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "wall_time_s")
+DIAG_KEYS = ("frac_mixed", "frac_pairs_helpful", "selection_time_s", "refreshes")
+
+
+def _clean(v: float) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def epoch_result(rec: EpochRecord, last_avg_acc: float) -> dict:
+    out = {"kind": "epoch", "task": rec.task, "epoch": rec.epoch, "global_epoch": rec.global_epoch,
+           "seen_acc": rec.seen_acc, "loss": rec.loss, "epoch_time_s": rec.time_s, "avg_acc": last_avg_acc}
+    out.update({k: _clean(v) for k, v in rec.diagnostics.items()})
+    return out
+
+
+def task_result(rec: TaskRecord, acc: list[list[float]], global_epoch: int, num_tasks: int,
+                wall_time_s: float, s_matrix: list | None) -> dict:
+    out = {"kind": "task", "task": rec.task, "tasks_done": rec.task + 1, "global_epoch": global_epoch,
+           "avg_acc": rec.avg_acc, "task_time_s": rec.time_s, "accuracy_matrix": json.dumps(acc)}
+    out.update({f"acc_task_{j}": a for j, a in enumerate(rec.accuracies)})
+    if rec.task + 1 == num_tasks:
+        out.update(metrics.summarize(acc))
+        out.update({"done": 1, "wall_time_s": wall_time_s,
+                    "s_matrix": json.dumps(s_matrix) if s_matrix is not None else ""})
+    return out
+
+
+def is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
