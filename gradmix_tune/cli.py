@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", help="dataset folder (else $GRADMIX_DATA_ROOT, else ./data)")
     r.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
     r.set_defaults(func=cmd_run)
+    from . import report, sweep  # each adds its own subcommand (light imports only)
+
+    sweep.register(sub)
+    report.register(sub)
     return p
 
 

@@ -50,10 +50,11 @@ class TaskRecord:
 
 @dataclass
 class Hooks:
-    """Callbacks. on_task gets a zero-argument function that returns a checkpoint dict."""
+    """Callbacks. on_task also gets the Learner: `learner.state_dict()` is the checkpoint,
+    `learner.acc` the accuracy matrix so far, `learner.s_matrix()` GradMix's last S."""
 
     on_epoch: Callable[[EpochRecord], None] | None = None
-    on_task: Callable[[TaskRecord, Callable[[], dict]], None] | None = None
+    on_task: Callable[[TaskRecord, "Learner"], None] | None = None
 
 
 @dataclass
@@ -229,7 +230,7 @@ class Learner:
         self.tasks.append(asdict(rec))
         self.elapsed += time.perf_counter() - t_task
         if hooks.on_task:
-            hooks.on_task(rec, self.state_dict)
+            hooks.on_task(rec, self)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -249,14 +250,15 @@ class Learner:
         self.acc, self.epochs, self.tasks = s["acc"], s["epochs"], s["tasks"]
         self.next_task, self.elapsed = s["next_task"], s["elapsed"]
 
-    def result(self) -> RunResult:
-        a = self.acc
-        m = metrics.summarize(a)
+    def s_matrix(self) -> list[list[float | None]] | None:
+        """GradMix's pair scores from the last refresh (None = class not seen then)."""
         S = self.mixer.S
-        return RunResult(accuracy_matrix=a, wall_time_s=self.elapsed, epochs=self.epochs, tasks=self.tasks,
-                         s_matrix=None if S is None else [[None if math.isnan(v) else v for v in row]
-                                                          for row in S.tolist()],
-                         config=self.cfg.to_dict(), **m)
+        return None if S is None else [[None if math.isnan(v) else v for v in row] for row in S.tolist()]
+
+    def result(self) -> RunResult:
+        return RunResult(accuracy_matrix=self.acc, wall_time_s=self.elapsed, epochs=self.epochs,
+                         tasks=self.tasks, s_matrix=self.s_matrix(), config=self.cfg.to_dict(),
+                         **metrics.summarize(self.acc))
 
 
 def run(cfg: ExperimentConfig, hooks: Hooks | None = None, resume: dict | None = None,

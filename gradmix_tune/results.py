@@ -20,7 +20,7 @@ import json
 import math
 
 from . import metrics
-from .learner import EpochRecord, TaskRecord
+from .learner import EpochRecord, Learner, TaskRecord
 
 SUMMARY_KEYS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "wall_time_s")
 DIAG_KEYS = ("frac_mixed", "frac_pairs_helpful", "selection_time_s", "refreshes")
@@ -37,8 +37,10 @@ def epoch_result(rec: EpochRecord, last_avg_acc: float) -> dict:
     return out
 
 
-def task_result(rec: TaskRecord, acc: list[list[float]], global_epoch: int, num_tasks: int,
-                wall_time_s: float, s_matrix: list | None) -> dict:
+def task_result(rec: TaskRecord, learner: Learner) -> dict:
+    """The dict for one finished task; `learner` is what Hooks.on_task receives."""
+    acc, num_tasks, s_matrix = learner.acc, learner.bench.num_tasks, learner.s_matrix()
+    global_epoch, wall_time_s = len(learner.epochs), learner.elapsed
     out = {"kind": "task", "task": rec.task, "tasks_done": rec.task + 1, "global_epoch": global_epoch,
            "avg_acc": rec.avg_acc, "task_time_s": rec.time_s, "accuracy_matrix": json.dumps(acc)}
     out.update({f"acc_task_{j}": a for j, a in enumerate(rec.accuracies)})
