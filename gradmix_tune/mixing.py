@@ -48,12 +48,13 @@ class MixStats:
                 "selection_time_s": self.selection_time_s, "refreshes": float(self.refreshes)}
 
 
-def cutmix_masks(n: int, h: int, w: int, lam: np.ndarray, rng: np.random.Generator):
+def cutmix_masks(n: int, h: int, w: int, lam: np.ndarray, rng: np.random.Generator,
+                 centers: tuple[np.ndarray, np.ndarray] | None = None):
     """Per-sample boxes of area ~(1 - lam) (Yun et al. 2019): mask N x 1 x H x W (True = take the
     partner's pixel) and the true lam = 1 - box area / image area after clipping at the border."""
     cut = np.sqrt(np.clip(1 - lam, 0, 1))
     ch, cw = np.round(cut * h), np.round(cut * w)
-    cy, cx = rng.integers(0, h, n), rng.integers(0, w, n)
+    cy, cx = centers if centers is not None else (rng.integers(0, h, n), rng.integers(0, w, n))
     y0 = np.floor(np.clip(cy - ch / 2, 0, h))
     y1 = np.floor(np.clip(cy + ch / 2, 0, h))
     x0 = np.floor(np.clip(cx - cw / 2, 0, w))
@@ -106,6 +107,8 @@ class Mixer:
         self.g_buf: torch.Tensor | None = None  # C x (D+1), gradient_sample's reference
         self.step_count = 0
         self.stats = MixStats()
+        self.last_partner: np.ndarray | None = None  # of the last step, for inspection and tests
+        self.last_mixed: np.ndarray | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -167,6 +170,7 @@ class Mixer:
         pt = torch.from_numpy(partner).to(x.device)
         x_out, lam = mix_inputs(x, x[pt], lam, self.cfg.op, rng)
         lam_y = self._remix_labels(yn, partner, lam, ctx) if sel == "remix" else lam
+        self.last_partner, self.last_mixed = partner, do_mix
         self.stats.mixed += int(do_mix.sum())
         self.stats.samples += n
         self.stats.selection_time_s += time.perf_counter() - t0
