@@ -87,7 +87,7 @@ class MixingConfig:
     threshold: float = 0.0
     criterion: str = "inner"
     gradient_scope: str = "last_layer"
-    refresh_every: Union[int, str] = 1  # steps, or "epoch"
+    refresh_every: Union[int, str] = 10  # steps, or "epoch"
     probes_per_class: int = 10
     mix_rate: Union[float, str] = "matched"  # random_matched: a fraction, or GradMix's own rate
     remix_kappa: float = 3.0

@@ -143,24 +143,23 @@ class Learner:
         return counts
 
     def _probe(self, k: int):
-        """k samples per seen class, grouped by class: buffer for old classes, task data for new."""
-        xs, ys, old = [], [], []
-        current = set(self.bench.task_classes[self.next_task])
-        seen = [c for t in range(self.next_task + 1) for c in self.bench.task_classes[t]]
-        buf_y = self.buffer.y[: len(self.buffer)] if len(self.buffer) else None
-        for c in sorted(seen):
-            if c in current:
-                pool, src = self._by_class[c], self.bench.train.x
-            else:
-                pool = torch.nonzero(buf_y == c).flatten() if buf_y is not None else torch.empty(0)
-                src = self.buffer.x
-            if len(pool) == 0:
-                continue
-            pick = pool[torch.randint(0, len(pool), (k,), generator=self.gen).to(pool.device)]
-            xs.append(src[pick])
-            ys.append(torch.full((k,), c, dtype=torch.int64, device=self.device))
-            old.append(torch.full((k,), c not in current, dtype=torch.bool, device=self.device))
-        return torch.cat(xs), torch.cat(ys), torch.cat(old)
+        """k samples per seen class, grouped by class: the buffer for old classes (those of
+        earlier tasks it holds), the task's data for the current ones. Returns x, y, is_old."""
+        rng = self.mixer.rng
+        current = self.bench.task_classes[self.next_task]
+        labels = np.asarray(self.buffer._labels[: len(self.buffer)])
+        old_classes = sorted(set(labels.tolist()) - set(current))
+        buf = [rng.choice(np.flatnonzero(labels == c), k) for c in old_classes]
+        cur = [rng.choice(self._by_class[c], k) for c in current]
+        parts_x, parts_y = [], []
+        if buf:
+            parts_x.append(self.buffer.x[torch.from_numpy(np.concatenate(buf)).to(self.device)])
+        if cur:
+            parts_x.append(self.bench.train.x[torch.from_numpy(np.concatenate(cur)).to(self.device)])
+        y = torch.tensor(np.repeat(old_classes + list(current), k), dtype=torch.int64, device=self.device)
+        old = torch.zeros(len(y), dtype=torch.bool, device=self.device)
+        old[: len(old_classes) * k] = True
+        return torch.cat(parts_x), y, old
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, task: int, new_epoch: bool) -> torch.Tensor:
         cfg = self.cfg
@@ -193,7 +192,7 @@ class Learner:
         t_task = time.perf_counter()
         self._task_idx = bench.task_indices("train", task)
         ytr = bench.train.y[self._task_idx]
-        self._by_class = {c: self._task_idx[ytr == c] for c in bench.task_classes[task]}
+        self._by_class = {c: self._task_idx[ytr == c].cpu().numpy() for c in bench.task_classes[task]}
         self._counts = self._class_counts(task) if cfg.mixing.selection == "remix" else None
         seen = [c for t in range(task + 1) for c in bench.task_classes[t]]
         self.model.train()

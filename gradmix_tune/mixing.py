@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from . import gradients as G
 from .config import ConfigError, MixingConfig
+from .models import eval_mode
 
 
 @dataclass
@@ -220,76 +221,82 @@ class Mixer:
         return torch.cat(hs), torch.cat(ls)
 
     def _buffer_grad(self, ctx: MixContext) -> torch.Tensor:
-        model = ctx.model
         px, py, old = ctx.probe(self.cfg.probes_per_class)
-        was = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(ctx.model) as model, torch.no_grad():
             h, logits = self._forward(model, px[old])
-            g = G.mean_grad(G.residuals(logits, F.one_hot(py[old], self.num_classes).float()), h)
-        model.train(was)
-        return g
+            return G.mean_grad(G.residuals(logits, F.one_hot(py[old], self.num_classes).float()), h)
 
     def _sample_scores(self, model, xm, ym) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             h, logits = self._forward(model, xm)
             r = G.residuals(logits, ym)
             s = G.inner_with(r, h, self.g_buf)
             if self.cfg.criterion == "cosine":
                 norms = r.norm(dim=1) * G.augment_bias(h).norm(dim=1) * self.g_buf.norm()
                 s = s / norms.clamp_min(1e-12)
-        model.train(was)
         return s
 
     def refresh(self, ctx: MixContext) -> torch.Tensor:
-        """Recompute S[a, b] for every pair of seen classes from k probe mixes per pair."""
+        """Recompute S[a, b] for every pair of seen classes from k probe mixes per pair.
+
+        last_layer scope: one no-grad forward of the k probes per class; a mix's features and
+        logits are taken as the same mix of its parents' (exact for the head, a first-order
+        approximation for a nonlinear backbone), so every pair costs O(k C), not a forward.
+        full scope: real input-space mixes and full-model gradients per pair (slow, for checks).
+        """
         t0 = time.perf_counter()
         model, k, C = ctx.model, self.cfg.probes_per_class, self.num_classes
         px, py, old = ctx.probe(k)
-        classes = torch.unique(py, sorted=True)
-        m = len(classes)
-        # probes arrive grouped: k per class in `classes` order
-        xa = px.view(m, k, *px.shape[1:])
+        m = len(py) // k
+        groups = py.view(m, k)[:, 0]  # probes arrive grouped, k per class
         ia, ib = torch.triu_indices(m, m)  # unordered pairs, (a, a) included
+        P = len(ia)
         perm = torch.from_numpy(self.rng.permutation(k))
-        xa_pairs = xa[ia].reshape(-1, *px.shape[1:])
-        xb_pairs = xa[ib][:, perm].reshape(-1, *px.shape[1:])
-        n = xa_pairs.shape[0]
-        lam = self.rng.beta(self.cfg.alpha, self.cfg.alpha, n)
-        xm, lam = mix_inputs(xa_pairs, xb_pairs, lam, self.cfg.op, self.rng)
-        ya = classes[ia].repeat_interleave(k).to(py.device)
-        yb = classes[ib].repeat_interleave(k).to(py.device)
-        oh_a, oh_b = F.one_hot(ya, C).float(), F.one_hot(yb, C).float()
-        lt = torch.from_numpy(lam).to(oh_a.device, oh_a.dtype).view(-1, 1)
-        ym = oh_b + lt * (oh_a - oh_b)
-        was = model.training
-        model.eval()
-        if self.cfg.gradient_scope == "full":
-            scores = self._full_scores(model, xm, ym, px[old], py[old], len(ia), k)
-        else:
-            with torch.no_grad():
-                h_buf, l_buf = self._forward(model, px[old])
-                g_buf = G.mean_grad(G.residuals(l_buf, F.one_hot(py[old], C).float()), h_buf)
-                h, logits = self._forward(model, xm)
-                r = G.residuals(logits, ym)
-                scores = G.inner_with(r, h, g_buf).view(-1, k).mean(dim=1)
-                if self.cfg.criterion == "cosine":
-                    norms = G.group_sq_norms(r, h, len(ia), k).sqrt() * g_buf.norm()
-                    scores = scores / norms.clamp_min(1e-12)
-            self.g_buf = g_buf
-        model.train(was)
+        ja = (ia.view(P, 1) * k + torch.arange(k).view(1, k)).flatten().to(px.device)  # probe i of a
+        jb = (ib.view(P, 1) * k + perm.view(1, k)).flatten().to(px.device)  # with probe perm(i) of b
+        lam = self.rng.beta(self.cfg.alpha, self.cfg.alpha, P * k)
+        op = self.cfg.op if px.dim() == 4 else "mixup"
+        with eval_mode(model):
+            if self.cfg.gradient_scope == "full":
+                xm, lam = mix_inputs(px[ja], px[jb], lam, op, self.rng)
+                scores = self._full_scores(model, xm, self._pair_targets(py, ja, jb, lam),
+                                           px[old], py[old], P, k)
+            else:
+                if op == "cutmix":  # the label weight is the pasted box's true area
+                    _, lam = cutmix_masks(P * k, px.shape[2], px.shape[3], lam, self.rng)
+                scores = self._last_layer_scores(model, px, py, old, ja, jb, lam, P, k)
         S = torch.full((C, C), float("nan"))
-        ca, cb = classes[ia].cpu(), classes[ib].cpu()
-        S[ca, cb] = scores.cpu().float()
-        S[cb, ca] = scores.cpu().float()
+        ca, cb = groups[ia].cpu(), groups[ib].cpu()
+        sc = scores.float().cpu()
+        S[ca, cb] = sc
+        S[cb, ca] = sc
         self.S = S
         self.helpful = (S >= self.cfg.threshold).numpy()  # NaN (unseen) compares False
-        self.stats.pairs_helpful = float((scores >= self.cfg.threshold).float().mean())
+        self.stats.pairs_helpful = float((sc >= self.cfg.threshold).float().mean())
         self.stats.refreshes += 1
         self.stats.selection_time_s += time.perf_counter() - t0
         return S
+
+    def _pair_targets(self, py, ja, jb, lam) -> torch.Tensor:
+        oh = F.one_hot(py, self.num_classes).float()
+        lt = torch.from_numpy(np.asarray(lam)).to(oh.device, oh.dtype).view(-1, 1)
+        return oh[jb] + lt * (oh[ja] - oh[jb])
+
+    @torch.no_grad()
+    def _last_layer_scores(self, model, px, py, old, ja, jb, lam, P, k) -> torch.Tensor:
+        h, z = self._forward(model, px)
+        h, z = h.float(), z.float()
+        oh = F.one_hot(py, self.num_classes).float()
+        g_buf = G.mean_grad(G.residuals(z[old], oh[old]), h[old])
+        self.g_buf = g_buf
+        lt = torch.from_numpy(lam).to(z.device, z.dtype).view(-1, 1)
+        a = G.augment_bias(h) @ g_buf.t()  # G [h, 1] for every probe: C-vectors
+        r = G.residuals(z[jb] + lt * (z[ja] - z[jb]), oh[jb] + lt * (oh[ja] - oh[jb]))
+        scores = (r * (a[jb] + lt * (a[ja] - a[jb]))).sum(dim=1).view(P, k).mean(dim=1)
+        if self.cfg.criterion == "cosine":
+            hm = h[jb] + lt * (h[ja] - h[jb])
+            scores = scores / (G.group_sq_norms(r, hm, P, k).sqrt() * g_buf.norm()).clamp_min(1e-12)
+        return scores
 
     def _full_scores(self, model, xm, ym, bx, by, n_pairs, k) -> torch.Tensor:
         """Full-model gradients per pair (slow; checks the last-layer approximation)."""

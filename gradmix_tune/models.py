@@ -19,12 +19,32 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(feat_dim, num_classes)
         self.feat_dim = feat_dim
+        # eval() vs train() only matters with these layers; skipping the switch saves time per step
+        self.mode_sensitive = any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
+                                  for m in backbone.modules())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+class eval_mode:
+    """`with eval_mode(model):` no-grad-free switch to eval() and back, skipped when it can't matter."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.switch = getattr(model, "mode_sensitive", True) and model.training
+
+    def __enter__(self):
+        if self.switch:
+            self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.switch:
+            self.model.train()
 
 
 def _mlp(cfg: ExperimentConfig, in_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
