@@ -1,0 +1,33 @@
+# `make demo` and `make test` each create .venv on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export GRADMIX_DATA_ROOT ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-fast bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gradmix-tune ablations/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q --durations=10
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration"
+
+bench: $(STAMP)
+	$(PY) benchmarks/split_mnist_er.py
+	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/gradmix_overhead.py
+	$(PY) benchmarks/mnist_accuracy.py
+
+clean:
+	rm -rf ray_results reports/*/ mlflow.db mlartifacts .pytest_cache
