@@ -64,10 +64,16 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # 0 = leave torch's setting (Ray sets it from the trial's CPUs)
+    # torch CPU threads. Part of the config because float sums differ with the thread count:
+    # the same seed gives identical metrics only at the same count. 0 = the trial's CPUs / torch's default.
+    threads: int = 1
     eval_batch_size: int = 1000
     eval_every_epoch: bool = True
     loss: str = "ce"
+    temperature: float = 0.09  # proxy_contrastive
+    early_stop_on: str = "none"  # none | val: stop a task's epochs when held-out accuracy stops rising
+    val_fraction: float = 0.1  # of each task's training data, held out when early_stop_on: val
+    patience: int = 3  # epochs without improvement before stopping
 
 
 @dataclass
@@ -77,6 +83,7 @@ class MemoryConfig:
     replay_batch_size: int = 10
     retrieval: str = "random"
     retrieval_candidates: int = 50
+    retrieval_virtual_update: bool = False  # true loss change after a virtual SGD step (original MIR)
 
 
 @dataclass
@@ -124,6 +131,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.name": ("mlp", "cnn", "reduced_resnet18", "resnet18", "vit"),
     "train.optimizer": ("sgd", "adam"),
     "train.loss": ("ce", "proxy_contrastive"),
+    "train.early_stop_on": ("none", "val"),
     "memory.policy": ("reservoir", "class_balanced"),
     "memory.retrieval": ("random", "mir", "aligned", "balanced"),
     "mixing.selection": ("none", "random", "random_matched", "gradient", "gradient_sample",
@@ -376,6 +384,16 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
             raise ConfigError(where, key, f"must not be negative, got {flat[key]}", f"set {key} >= 0")
     if cfg.train.lr <= 0:
         raise ConfigError(where, "train.lr", f"must be positive, got {cfg.train.lr}", "e.g. 0.1")
+    if cfg.train.temperature <= 0:
+        raise ConfigError(where, "train.temperature", "must be positive", "e.g. 0.09")
+    if not 0 < cfg.train.val_fraction < 1:
+        raise ConfigError(where, "train.val_fraction", "must be in (0, 1)", "e.g. 0.1")
+    if cfg.train.patience < 1:
+        raise ConfigError(where, "train.patience", "must be at least 1", "e.g. 3")
+    if cfg.memory.retrieval != "random" and cfg.memory.retrieval_candidates < cfg.memory.replay_batch_size:
+        raise ConfigError(where, "memory.retrieval_candidates",
+                          f"{cfg.memory.retrieval_candidates} candidates cannot give a replay batch of "
+                          f"{cfg.memory.replay_batch_size}", "raise memory.retrieval_candidates")
     if cfg.mixing.alpha <= 0:
         raise ConfigError(where, "mixing.alpha", "must be positive", "e.g. mixing.alpha: 1.0")
     mr = cfg.mixing.mix_rate

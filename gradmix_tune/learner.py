@@ -19,7 +19,8 @@ from . import metrics
 from .augment import PolicyAugment
 from .config import ExperimentConfig
 from .data import Benchmark, augment_batch, load_benchmark
-from .memory import Buffer
+from .losses import proxy_contrastive_loss, proxy_drift, proxy_logits
+from .memory import Buffer, retrieve
 from .mixing import MixContext, Mixer
 from .models import build_model
 
@@ -69,6 +70,7 @@ class RunResult:
     tasks: list[dict]
     s_matrix: list[list[float]] | None
     config: dict
+    u_shape: dict[str, float] = field(default_factory=dict)  # over the last task's epochs
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
@@ -115,12 +117,27 @@ class Learner:
         self.tasks: list[dict] = []
         self.next_task = 0
         self.elapsed = 0.0
+        self.val_idx: list[list[int]] = []  # held-out training indices per task (early_stop_on: val)
+
+    # ------------------------------------------------------------------ model outputs
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.train.loss == "proxy_contrastive":  # predict by the nearest proxy (cosine)
+            return proxy_logits(self.model.features(x), self.model.head.weight, self.cfg.train.temperature)
+        return self.model(x)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """target: class indices, or soft targets (mixed samples)."""
+        if self.cfg.train.loss == "proxy_contrastive":
+            return proxy_contrastive_loss(self.model.features(x), self.model.head.weight, target,
+                                          self.cfg.train.temperature)
+        return F.cross_entropy(self.model(x), target)  # soft targets: soft-label cross-entropy
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def accuracy(self, classes: list[int]) -> float:
-        test = self.bench.test
-        idx = torch.nonzero(torch.isin(test.y, torch.tensor(classes, device=test.y.device))).flatten()
+    def accuracy(self, classes: list[int], split: str = "test", idx: torch.Tensor | None = None) -> float:
+        data = self.bench.test if split == "test" else self.bench.train
+        if idx is None:
+            idx = torch.nonzero(torch.isin(data.y, torch.tensor(classes, device=data.y.device))).flatten()
         if len(idx) == 0:
             return float("nan")
         was = self.model.training
@@ -129,7 +146,7 @@ class Learner:
         bs = self.cfg.train.eval_batch_size
         for i in range(0, len(idx), bs):
             j = idx[i:i + bs]
-            correct += int((self.model(test.x[j]).argmax(1) == test.y[j]).sum())
+            correct += int((self.logits(data.x[j]).argmax(1) == data.y[j]).sum())
         self.model.train(was)
         return correct / len(idx)
 
@@ -164,7 +181,10 @@ class Learner:
     def _step(self, x: torch.Tensor, y: torch.Tensor, task: int, new_epoch: bool) -> torch.Tensor:
         cfg = self.cfg
         if cfg.memory.size > 0 and len(self.buffer) > 0 and cfg.memory.replay_batch_size > 0:
-            bi = self.buffer.sample(cfg.memory.replay_batch_size, self.gen).to(self.device)
+            m = cfg.memory
+            bi = retrieve(self.model, self.buffer, x, y, m.replay_batch_size, m.retrieval,
+                          m.retrieval_candidates, task, self.gen, cfg.train.lr, m.retrieval_virtual_update)
+            bi = bi.to(self.device)
             x = torch.cat([x, self.buffer.x[bi]])
             y = torch.cat([y, self.buffer.y[bi]])
         if self.bench.augment:
@@ -175,9 +195,9 @@ class Learner:
             ctx = MixContext(self.model, self._probe, self._old_buffer_empty(task),
                              self._counts, new_epoch)
             x, y_soft = self.mixer(x, y, ctx)
-            loss = F.cross_entropy(self.model(x), y_soft)  # probabilities as targets: soft-label CE
+            loss = self.loss(x, y_soft)
         else:
-            loss = F.cross_entropy(self.model(x), y)
+            loss = self.loss(x, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -191,6 +211,17 @@ class Learner:
         cfg, bench = self.cfg, self.bench
         t_task = time.perf_counter()
         self._task_idx = bench.task_indices("train", task)
+        early = cfg.train.early_stop_on == "val"
+        if early:  # hold out a fixed slice of this task's training data
+            if len(self.val_idx) <= task:
+                perm = torch.randperm(len(self._task_idx), generator=self.gen)
+                n_val = max(1, int(len(perm) * cfg.train.val_fraction))
+                self.val_idx.append(self._task_idx[perm[:n_val].to(self.device)].tolist())
+            held = torch.tensor(self.val_idx[task], device=self.device)
+            self._task_idx = self._task_idx[~torch.isin(self._task_idx, held)]
+            val_all = torch.tensor([i for t in range(task + 1) for i in self.val_idx[t]], device=self.device)
+            best, best_state, stale = -1.0, None, 0
+        head_before = self.model.head.weight.detach().clone()
         ytr = bench.train.y[self._task_idx]
         self._by_class = {c: self._task_idx[ytr == c].cpu().numpy() for c in bench.task_classes[task]}
         self._counts = self._class_counts(task) if cfg.mixing.selection == "remix" else None
@@ -218,10 +249,24 @@ class Learner:
             task_diag = diag
             seen_acc = self.accuracy(seen) if (cfg.train.eval_every_epoch or epoch == cfg.train.epochs - 1) \
                 else float("nan")
+            if early:
+                diag = {**diag, "val_acc": self.accuracy(seen, "train", val_all)}
             rec = EpochRecord(task, epoch, len(self.epochs) + 1, seen_acc, loss, time.perf_counter() - t0, diag)
             self.epochs.append(asdict(rec))
             if hooks.on_epoch:
                 hooks.on_epoch(rec)
+            if early:
+                if diag["val_acc"] > best:
+                    best, stale = diag["val_acc"], 0
+                    best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                else:
+                    stale += 1
+                    if stale >= cfg.train.patience:
+                        break
+        if early and best_state is not None:
+            self.model.load_state_dict(best_state)  # the epoch with the best held-out accuracy
+        old = [c for t in range(task) for c in bench.task_classes[t]]
+        task_diag = {**task_diag, "proxy_drift": proxy_drift(head_before, self.model.head.weight.detach(), old)}
         row = [self.accuracy(bench.task_classes[j]) for j in range(task + 1)]
         self.acc.append(row)
         self.next_task = task + 1
@@ -237,7 +282,7 @@ class Learner:
                 "buffer": self.buffer.state_dict(), "mixer": self.mixer.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "acc": self.acc, "epochs": self.epochs, "tasks": self.tasks,
-                "next_task": self.next_task, "elapsed": self.elapsed}
+                "next_task": self.next_task, "elapsed": self.elapsed, "val_idx": self.val_idx}
 
     def load_state_dict(self, s: dict) -> None:
         self.model.load_state_dict(s["model"])
@@ -247,17 +292,23 @@ class Learner:
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
         self.acc, self.epochs, self.tasks = s["acc"], s["epochs"], s["tasks"]
-        self.next_task, self.elapsed = s["next_task"], s["elapsed"]
+        self.next_task, self.elapsed, self.val_idx = s["next_task"], s["elapsed"], s.get("val_idx", [])
 
     def s_matrix(self) -> list[list[float | None]] | None:
         """GradMix's pair scores from the last refresh (None = class not seen then)."""
         S = self.mixer.S
         return None if S is None else [[None if math.isnan(v) else v for v in row] for row in S.tolist()]
 
+    def u_shape(self) -> dict[str, float]:
+        """Peak epoch and drop of the seen-class accuracy over the last trained task's epochs
+        (all seen classes are then fixed, so the curve is comparable epoch to epoch)."""
+        last = self.next_task - 1
+        return metrics.u_shape([e["seen_acc"] for e in self.epochs if e["task"] == last])
+
     def result(self) -> RunResult:
         return RunResult(accuracy_matrix=self.acc, wall_time_s=self.elapsed, epochs=self.epochs,
                          tasks=self.tasks, s_matrix=self.s_matrix(), config=self.cfg.to_dict(),
-                         **metrics.summarize(self.acc))
+                         u_shape=self.u_shape(), **metrics.summarize(self.acc))
 
 
 def run(cfg: ExperimentConfig, hooks: Hooks | None = None, resume: dict | None = None,

@@ -127,3 +127,62 @@ class Buffer:
 def _as_rng_state(s):
     # random.getstate() is (version, tuple, gauss); serialisers may turn tuples into lists
     return (s[0], tuple(s[1]), s[2])
+
+
+# ---------------------------------------------------------------------------- retrieval
+
+def loss_change(model, cx: torch.Tensor, cy: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                lr: float, virtual_update: bool = False) -> torch.Tensor:
+    """C(x) for each candidate: how much its loss would rise after an SGD step on the current batch.
+
+    Closed form (default): C(x) ~ -lr <grad l(x), grad L_cur>, from the last layer's per-sample
+    gradients (no backward pass). virtual_update: the true change after a virtual SGD step on a
+    functional copy of the whole model, as in the original MIR (Aljundi et al. 2019).
+    """
+    import torch.nn.functional as F
+
+    from . import gradients as G
+    from .models import eval_mode
+
+    with eval_mode(model):
+        if not virtual_update:
+            with torch.no_grad():
+                h, z = model.features(x), None
+                z = model.head(h)
+                g_cur = G.mean_grad(G.residuals(z, F.one_hot(y, z.shape[1]).float()), h)
+                hc = model.features(cx)
+                zc = model.head(hc)
+                rc = G.residuals(zc, F.one_hot(cy, zc.shape[1]).float())
+                return -lr * G.inner_with(rc, hc, g_cur)
+        from torch.func import functional_call
+
+        params = {k: v for k, v in model.named_parameters()}
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()), allow_unused=True)
+        with torch.no_grad():
+            stepped = {k: (v - lr * g if g is not None else v) for (k, v), g in zip(params.items(), grads)}
+            before = F.cross_entropy(model(cx), cy, reduction="none")
+            after = F.cross_entropy(functional_call(model, stepped, (cx,)), cy, reduction="none")
+        return after - before
+
+
+def retrieve(model, buffer: Buffer, x: torch.Tensor, y: torch.Tensor, n: int, mode: str,
+             candidates: int, task: int, gen: torch.Generator, lr: float,
+             virtual_update: bool = False) -> torch.Tensor:
+    """Indices of the replay batch. random: uniform over the buffer (ER). Otherwise from a random
+    subset of `candidates` buffer samples of earlier tasks: mir = the n largest C (gradient-
+    conflicting), aligned = the n smallest, balanced = n/2 of each (Balanced Gradient Sample Retrieval)."""
+    if mode == "random":
+        return buffer.sample(n, gen)
+    pool = buffer.sample(candidates, gen, exclude_task=task).to(buffer.x.device)
+    if len(pool) <= n:
+        return pool
+    c = loss_change(model, buffer.x[pool], buffer.y[pool], x, y, lr, virtual_update)
+    order = torch.argsort(c, descending=True, stable=True)
+    if mode == "mir":
+        pick = order[:n]
+    elif mode == "aligned":
+        pick = order[-n:]
+    else:  # balanced
+        top = (n + 1) // 2
+        pick = torch.cat([order[:top], order[len(order) - (n - top):]]) if n - top else order[:top]
+    return pool[pick]

@@ -38,3 +38,16 @@ def bwt(a: Matrix) -> float:
 def summarize(a: Matrix) -> dict[str, float]:
     return {"final_avg_acc": final_avg_acc(a), "avg_incremental_acc": avg_incremental_acc(a),
             "forgetting": forgetting(a), "bwt": bwt(a)}
+
+
+def u_shape(curve: Sequence[float]) -> dict[str, float]:
+    """Peak of a per-epoch accuracy curve and the drop from it to the end (Mixup's U-shaped
+    generalisation curve: rises, then decays with long training). peak_epoch is 1-based;
+    the first epoch wins ties so a flat curve has drop 0."""
+    vals = [v for v in curve]
+    if not vals:
+        return {"peak_epoch": float("nan"), "peak_acc": float("nan"), "final_acc": float("nan"),
+                "u_shape_drop": float("nan")}
+    peak = max(range(len(vals)), key=lambda i: (vals[i], -i))
+    return {"peak_epoch": float(peak + 1), "peak_acc": vals[peak], "final_acc": vals[-1],
+            "u_shape_drop": vals[peak] - vals[-1]}

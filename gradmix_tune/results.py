@@ -10,7 +10,9 @@ kind = "epoch" (after every epoch):
 kind = "task" (after every task; carries the checkpoint):
     task, tasks_done, global_epoch, avg_acc, acc_task_<j> for j <= task, task_time_s,
     accuracy_matrix (JSON), and, on the last task only, done=1 plus
-    final_avg_acc, avg_incremental_acc, forgetting, bwt, wall_time_s, s_matrix (JSON or "")
+    final_avg_acc, avg_incremental_acc, forgetting, bwt, wall_time_s, s_matrix (JSON or ""),
+    peak_epoch, peak_acc, u_shape_drop (the last task's per-epoch curve, metrics.u_shape)
+    Task dicts also carry the task's diagnostics (proxy_drift; the mixing ones when mixing).
 Every dict also has `avg_acc` (mean accuracy on tasks seen so far, the last task's value) so a
 scheduler always finds its metric.
 """
@@ -44,8 +46,11 @@ def task_result(rec: TaskRecord, learner: Learner) -> dict:
     out = {"kind": "task", "task": rec.task, "tasks_done": rec.task + 1, "global_epoch": global_epoch,
            "avg_acc": rec.avg_acc, "task_time_s": rec.time_s, "accuracy_matrix": json.dumps(acc)}
     out.update({f"acc_task_{j}": a for j, a in enumerate(rec.accuracies)})
+    out.update({k: _clean(v) for k, v in rec.diagnostics.items()})
     if rec.task + 1 == num_tasks:
         out.update(metrics.summarize(acc))
+        u = learner.u_shape()
+        out.update({"peak_epoch": u["peak_epoch"], "peak_acc": u["peak_acc"], "u_shape_drop": u["u_shape_drop"]})
         out.update({"done": 1, "wall_time_s": wall_time_s,
                     "s_matrix": json.dumps(s_matrix) if s_matrix is not None else ""})
     return out
