@@ -6,7 +6,7 @@ Ray Tune, its schedulers and MLflow can take it as it is.
 
 kind = "epoch" (after every epoch):
     task, epoch, global_epoch, seen_acc, loss, epoch_time_s,
-    and with mixing: frac_mixed, frac_pairs_helpful, selection_time_s, refreshes
+    and with mixing: frac_mixed, frac_pairs_helpful, selection_time_s, refresh_time_s, refreshes
 kind = "task" (after every task; carries the checkpoint):
     task, tasks_done, global_epoch, avg_acc, acc_task_<j> for j <= task, task_time_s,
     accuracy_matrix (JSON), and, on the last task only, done=1 plus
@@ -25,7 +25,7 @@ from . import metrics
 from .learner import EpochRecord, Learner, TaskRecord
 
 SUMMARY_KEYS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "wall_time_s")
-DIAG_KEYS = ("frac_mixed", "frac_pairs_helpful", "selection_time_s", "refreshes")
+DIAG_KEYS = ("frac_mixed", "frac_pairs_helpful", "selection_time_s", "refresh_time_s", "refreshes")
 
 
 def _clean(v: float) -> float:
