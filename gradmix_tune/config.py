@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -205,6 +206,9 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     seen: set = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, typing.Hashable):
+            raise ConfigError(None, str(key), f"a key must be a plain name (line {key_node.start_mark.line + 1})",
+                              "write 'name: value'")
         if key in seen:
             raise ConfigError(None, str(key), f"duplicate key (line {key_node.start_mark.line + 1})",
                               "keep one of the two entries")
@@ -221,7 +225,9 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(str(path), None, "file not found", "check the path")
     try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - safe subclass
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe subclass
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), None, f"not UTF-8 text (byte {e.start})", "save the file as UTF-8 text") from None
     except ConfigError as e:
         raise ConfigError(str(path), e.key, e.problem, e.fix) from None
     except yaml.YAMLError as e:
@@ -239,6 +245,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def resolve_extends(data: dict, path: str | Path, _seen: tuple = ()) -> dict:
     """Follow `extends:` (relative to the including file); the including file wins."""
+    _build(ExperimentConfig, {k: v for k, v in data.items() if k != "extends"}, str(path), "")  # keys, types
     if "extends" not in data:
         return data
     parent = data["extends"]
@@ -268,7 +275,10 @@ def parse_overrides(items: list[str] | None, where: str = "--set") -> dict:
         if "=" not in item:
             raise ConfigError(where, item, "expected KEY=VALUE", "e.g. --set memory.size=200")
         k, v = item.split("=", 1)
-        set_dotted(out, k.strip(), parse_value(v))
+        try:
+            set_dotted(out, k.strip(), parse_value(v))
+        except ConfigError as e:
+            raise ConfigError(where, e.key, e.problem, e.fix) from None
     return out
 
 
@@ -310,14 +320,15 @@ def _coerce(value: Any, tp: Any, where: str | None, key: str) -> Any:
         raise ConfigError(where, key, f"expected an integer, got {value!r}",
                           f"write a whole number for {key}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-3 as a string
+        out = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # YAML reads 1e-3 as a string
             try:
-                return float(value)
-            except ValueError:
+                out = float(value)
+            except (ValueError, OverflowError):
                 pass
-        raise ConfigError(where, key, f"expected a number, got {value!r}", f"write a number for {key}")
+        if out is not None and math.isfinite(out):
+            return out
+        raise ConfigError(where, key, f"expected a finite number, got {value!r}", f"write a number for {key}")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -333,7 +344,10 @@ def _build(cls: type, data: dict, where: str | None, prefix: str) -> Any:
         key = f"{prefix}{k}"
         if k not in names:
             options = [f"{prefix}{n}" for n in names]
-            close = difflib.get_close_matches(key, options + list(_ALL_KEYS), n=1, cutoff=0.6)
+            # the same section first (by leaf name), then a key misplaced in another section
+            near = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
+            close = [f"{prefix}{near[0]}"] if near else difflib.get_close_matches(
+                key, list(_ALL_KEYS), n=1, cutoff=0.8) or [a for a in _ALL_KEYS if a.endswith("." + k)][:1]
             fix = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(options)
             raise ConfigError(where, key, "unknown key", fix)
         tp = hints[k]
@@ -374,14 +388,22 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
             fix = f"did you mean '{close[0]}'?" if close else "one of: " + ", ".join(options)
             raise ConfigError(where, key, f"unknown value {flat[key]!r}", fix)
     positive = ["data.tasks", "train.epochs", "train.batch_size", "train.eval_batch_size",
-                "mixing.probes_per_class", "memory.retrieval_candidates", "data.image_size"]
+                "mixing.probes_per_class", "memory.retrieval_candidates", "data.image_size", "model.nf"]
     for key in positive:
         if flat[key] <= 0:
             raise ConfigError(where, key, f"must be positive, got {flat[key]}", f"set {key} >= 1")
     for key in ["memory.size", "memory.replay_batch_size", "train.threads", "data.train_per_class",
-                "data.test_per_class", "train.momentum", "train.weight_decay"]:
+                "data.test_per_class", "train.momentum", "train.weight_decay", "data.class_order_seed"]:
         if flat[key] < 0:
             raise ConfigError(where, key, f"must not be negative, got {flat[key]}", f"set {key} >= 0")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(where, "model.dropout", f"must be in [0, 1), got {cfg.model.dropout}", "e.g. 0.1")
+    if any(h <= 0 for h in cfg.model.hidden):
+        raise ConfigError(where, "model.hidden", f"layer sizes must be positive, got {cfg.model.hidden}",
+                          "e.g. model.hidden: [100, 100]")
+    dev = cfg.train.device
+    if dev not in ("auto", "cpu", "cuda", "mps") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise ConfigError(where, "train.device", f"unknown device {dev!r}", "auto, cpu, cuda or cuda:N")
     if cfg.train.lr <= 0:
         raise ConfigError(where, "train.lr", f"must be positive, got {cfg.train.lr}", "e.g. 0.1")
     if cfg.train.temperature <= 0:
@@ -442,6 +464,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     where = str(path) if path else "--set"
     data = resolve_extends(read_yaml(path), path) if path else {}
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    _build(ExperimentConfig, over, "--set", "")  # keys and types of the overrides, named as such
     data = deep_merge(data, over)
     if data_root:
         set_dotted(data, "data.root", data_root)

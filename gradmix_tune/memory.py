@@ -49,6 +49,8 @@ class Buffer:
             if slot < self.n:  # evicting: keep class counts right
                 old = int(self._labels[slot])
                 self._counts[old] -= 1
+                if self._counts[old] == 0:
+                    del self._counts[old]
             else:
                 self.n += 1
             self._labels[slot] = label
@@ -103,9 +105,10 @@ class Buffer:
 
     def state_dict(self) -> dict:
         return {"size": self.size, "policy": self.policy, "n": self.n, "seen": self.seen,
-                "x": None if self.x is None else self.x[: self.n].cpu(),
-                "y": None if self.y is None else self.y[: self.n].cpu(),
-                "task": None if self.task is None else self.task[: self.n].cpu(),
+                # clones: a checkpoint kept in memory must not follow the live buffer
+                "x": None if self.x is None else self.x[: self.n].cpu().clone(),
+                "y": None if self.y is None else self.y[: self.n].cpu().clone(),
+                "task": None if self.task is None else self.task[: self.n].cpu().clone(),
                 "rng": self.rng.getstate(), "class_seen": dict(self._class_seen)}
 
     def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
