@@ -27,6 +27,10 @@ def _table(result) -> str:
               f"  forgetting               {result.forgetting:.4f}",
               f"  backward transfer (BWT)  {result.bwt:.4f}",
               f"  wall time                {result.wall_time_s:.1f} s"]
+    u = result.u_shape
+    if len(result.epochs) > len(a) and u:  # several epochs per task: where the last task peaked
+        lines.append(f"  last task's peak epoch   {u['peak_epoch']:.0f} (acc {u['peak_acc']:.4f}, "
+                     f"drop to the end {u['u_shape_drop']:.4f})")
     return "\n".join(lines)
 
 
@@ -34,17 +38,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.set, data_root=args.data_root)
-    from .learner import DivergedError, Hooks, run  # torch import after the config is known good
+    from .data import load_benchmark  # torch import after the config is known good
+    from .learner import DivergedError, Hooks, pick_device, run
 
-    def on_task(rec, _state):
+    bench = load_benchmark(cfg, pick_device(cfg.train.device))  # a missing dataset is bad input: exit 2
+    tracker = None
+    if not args.no_track:  # MLflow: a run without a parent, logged like a sweep's trial
+        from .tracking import RunLogger, resolve_tracking_uri
+
+        tracker = RunLogger(cfg, resolve_tracking_uri(args.tracking_uri), args.experiment, args.config)
+        print(f"tracking: {tracker.uri} (experiment {tracker.experiment}; --no-track to skip)", flush=True)
+
+    def on_task(rec, state):
         accs = " ".join(f"{a:.3f}" for a in rec.accuracies)
         print(f"task {rec.task + 1}: avg acc {rec.avg_acc:.4f}  [{accs}]  ({rec.time_s:.1f} s)", flush=True)
+        if tracker:
+            tracker.on_task(rec, state)
 
     try:
-        result = run(cfg, Hooks(on_task=on_task))
+        result = run(cfg, Hooks(on_epoch=tracker.on_epoch if tracker else None, on_task=on_task), bench=bench)
     except DivergedError as e:
         print(f"error: run failed: {e}", file=sys.stderr)
+        if tracker:
+            tracker.end("FAILED", f"DivergedError: {e}")
         return 1
+    except BaseException as e:
+        if tracker:
+            import traceback
+
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", traceback.format_exc())
+        raise
+    if tracker:
+        tracker.end("FINISHED")
+        if tracker.run_id:
+            print(f"MLflow run {tracker.run_id}")
     print()
     print(_table(result))
     if args.json:
@@ -66,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. memory.size=200")
     r.add_argument("--data-root", help="dataset folder (else $GRADMIX_DATA_ROOT, else ./data)")
     r.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    r.add_argument("--experiment", default="gradmix-runs", help="MLflow experiment (default: gradmix-runs)")
+    r.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
     r.set_defaults(func=cmd_run)
     from . import report, sweep  # each adds its own subcommand (light imports only)
 

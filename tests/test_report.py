@@ -1,0 +1,254 @@
+"""`gradmix-tune report` on the tracked tiny study of test_tracking.py, from the MLflow store alone.
+
+Every number checked here is recomputed independently (numpy / scipy) from the metrics fetched
+with MlflowClient; Ray's result folder is deleted before the report is built.
+"""
+from __future__ import annotations
+
+import html.parser
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gradmix_tune import report, tracking
+from gradmix_tune.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def _tracking_tests():
+    """test_tracking.py's module object (the one pytest imported, so its study is built once)."""
+    path = Path(__file__).with_name("test_tracking.py").resolve()
+    for m in list(sys.modules.values()):
+        f = getattr(m, "__file__", None)
+        if f and Path(f).resolve() == path:
+            return m
+    spec = importlib.util.spec_from_file_location("test_tracking", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["test_tracking"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+tt = _tracking_tests()
+STUDY = tt.STUDY
+METRICS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt")
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    b = tt.shared_study(tmp_path_factory)
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def rep(built, tmp_path_factory):
+    shutil.rmtree(built.storage, ignore_errors=True)  # the tracking store is all the report may use
+    assert not built.storage.exists()
+    out = tmp_path_factory.mktemp("reports")
+    assert main(["report", STUDY, "--tracking-uri", built.sqlite_uri, "--out", str(out)]) == 0
+    folder = out / STUDY
+    return {"dir": folder, "summary": json.loads((folder / "summary.json").read_text()),
+            "md": (folder / "report.md").read_text(), "html": (folder / "report.html").read_text()}
+
+
+def independent(uri: str) -> dict:
+    """Per arm and seed: the final metrics, from each child's metric history (latest FINISHED run
+    of an (arm, seed)); failed runs; seen_acc and acc_task histories."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(STUDY)
+    (parent,) = c.search_runs([exp.experiment_id], "tags.study = 'tiny' and tags.`gradmix.role` = 'parent'")
+    kids = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    chosen, failed = {}, []
+    for r in sorted(kids, key=lambda r: r.info.start_time):
+        key = (r.data.tags["arm"], int(r.data.tags["seed"]))
+        if r.info.status == "FINISHED":
+            chosen[key] = r
+        else:
+            failed.append(key)
+    out = {"values": {}, "curves": {}, "matrices": {}, "failed": [k for k in failed if k not in chosen]}
+    for (arm, seed), r in chosen.items():
+        rid = r.info.run_id
+        v = out["values"].setdefault(arm, {})
+        for m in METRICS + ("wall_time_s",):
+            v.setdefault(m, {})[seed] = c.get_metric_history(rid, m)[-1].value
+        out["curves"].setdefault(arm, {})[seed] = {m.step: m.value for m in c.get_metric_history(rid, "seen_acc")}
+        a0 = {m.step: m.value for m in c.get_metric_history(rid, "acc_task_0")}
+        a1 = {m.step: m.value for m in c.get_metric_history(rid, "acc_task_1")}
+        out["matrices"].setdefault(arm, {})[seed] = [[a0[1]], [a0[2], a1[2]]]
+    return out
+
+
+def arm_of(summary, arm):
+    return next(a for a in summary["arms"] if a["arm"] == arm)
+
+
+def _close(a, b):
+    if a is None or b is None or (isinstance(b, float) and math.isnan(b)):
+        return (a is None or math.isnan(a)) and (b is None or math.isnan(b))
+    return a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
+def test_means_stds_and_cis_equal_an_independent_computation(built, rep):
+    ind = independent(built.sqlite_uri)
+    s = rep["summary"]
+    assert {a["arm"] for a in s["arms"]} == set(ind["values"]) and len(s["arms"]) == 4
+    for arm, vals in ind["values"].items():
+        a = arm_of(s, arm)
+        assert sorted(a["seeds"]) == [0, 1, 2], "the resumed trial counts once, the failed one not at all"
+        for m in METRICS + ("wall_time_s",):
+            x = np.array([vals[m][k] for k in sorted(vals[m])])
+            st = a["stats"][m]
+            assert st["n"] == 3
+            assert _close(st["mean"], float(x.mean()))
+            assert _close(st["std"], float(x.std(ddof=1)))
+            half = stats.t.ppf(0.975, 2) * x.std(ddof=1) / math.sqrt(3)
+            assert _close(st["ci95"], float(half))
+            assert _close(st["ci_low"], float(x.mean() - half))
+        fa = a["stats"]["final_avg_acc"]
+        assert f"{fa['mean']:.4f} ± {fa['std']:.4f} [{fa['ci_low']:.4f}, {fa['ci_high']:.4f}]" in rep["md"]
+
+
+def test_paired_tests_equal_scipy_on_the_logged_metrics(built, rep):
+    ind = independent(built.sqlite_uri)["values"]
+    s = rep["summary"]
+    assert s["baseline"] == "er_mixup" and s["gradmix"] == "gradmix" and s["test_metric"] == "final_avg_acc"
+
+    def p_of(a, b):
+        x, y = ind[a]["final_avg_acc"], ind[b]["final_avg_acc"]
+        seeds = sorted(set(x) & set(y))
+        return stats.ttest_rel([x[k] for k in seeds], [y[k] for k in seeds]), len(seeds)
+
+    vs = {(t["arm"], t["vs"]): t for t in s["tests_vs_baseline"]}
+    assert set(vs) == {(f"method=gradmix memory.size={m}", f"method=er_mixup memory.size={m}") for m in (20, 40)}
+    every = {(t["arm"], t["vs"]): t for t in s["tests_gradmix"]}
+    arms = list(ind)
+    expected = {frozenset((g, o)) for g in arms if g.startswith("method=gradmix") for o in arms if o != g}
+    assert {frozenset(k) for k in every} == expected and len(every) == len(expected) == 5
+    for (a, b), t in list(vs.items()) + list(every.items()):
+        r, n = p_of(a, b)
+        assert t["n"] == n == 3
+        assert _close(t["p_ttest"], float(r.pvalue)) and _close(t["t"], float(r.statistic))
+        assert t["p_wilcoxon"] is None  # fewer than 6 pairs
+        assert f"{r.pvalue:.3g}" in rep["md"]
+    x = ind["method=gradmix memory.size=20"]["final_avg_acc"]
+    y = ind["method=er_mixup memory.size=20"]["final_avg_acc"]
+    t = vs[("method=gradmix memory.size=20", "method=er_mixup memory.size=20")]
+    assert _close(t["mean_diff"], float(np.mean([x[k] - y[k] for k in sorted(x)])))
+
+
+def test_wall_time_overhead_accuracy_matrices_and_curves(built, rep):
+    ind = independent(built.sqlite_uri)
+    s = rep["summary"]
+    for m in (20, 40):
+        g, e = f"method=gradmix memory.size={m}", f"method=er_mixup memory.size={m}"
+        ratio = np.mean(list(ind["values"][g]["wall_time_s"].values())) / \
+            np.mean(list(ind["values"][e]["wall_time_s"].values()))
+        assert _close(arm_of(s, g)["overhead_vs_baseline"], float(ratio))
+        assert _close(arm_of(s, e)["overhead_vs_baseline"], 1.0)
+    for arm, per_seed in ind["matrices"].items():
+        mean = np.mean([np.array(m[1]) for m in per_seed.values()], axis=0)
+        got = arm_of(s, arm)["accuracy_matrix"]
+        assert _close(got[0][0], float(np.mean([m[0][0] for m in per_seed.values()])))
+        assert got[1] == pytest.approx(mean.tolist())
+    for arm, per_seed in ind["curves"].items():
+        c = arm_of(s, arm)["curve"]
+        mean = {k: float(np.mean([v[k] for v in per_seed.values()])) for k in (1, 2, 3, 4)}
+        assert c["steps"] == [1, 2, 3, 4] and c["mean_seen_acc"] == pytest.approx([mean[k] for k in (1, 2, 3, 4)])
+        peak = max((3, 4), key=lambda k: (mean[k], -k))  # epochs 3-4 = the last task (2 epochs per task)
+        assert c["peak_epoch"] == peak and _close(c["drop"], mean[peak] - mean[4])
+    assert "peak epoch" in rep["md"] and "drop" in rep["md"]
+
+
+def test_failed_trials_are_listed(built, rep):
+    ind = independent(built.sqlite_uri)
+    assert ind["failed"] == [tt.ALWAYS_FAIL]
+    (f,) = rep["summary"]["failed"]
+    assert (f["arm"], f["seed"], f["status"]) == (*tt.ALWAYS_FAIL, "FAILED")
+    assert "injected failure" in f["error"] and f["run_id"] in rep["md"]
+
+
+def test_figures_are_valid_pngs_and_the_html_references_only_existing_files(rep):
+    from matplotlib.image import imread
+
+    figs = sorted((rep["dir"] / "figures").glob("*"))
+    names = {p.name for p in figs}
+    assert "factor_memory.size.png" in names and "curves.png" in names
+    assert sum(n.startswith("acc_matrix_") for n in names) == 4
+    for p in figs:
+        assert p.suffix == ".png" and p.read_bytes()[:8] == tt.PNG
+        img = imread(str(p))
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+    class Refs(html.parser.HTMLParser):
+        refs: list = []
+
+        def handle_starttag(self, tag, attrs):
+            self.refs += [v for k, v in attrs if k in ("src", "href") and v]
+
+    parser = Refs()
+    parser.feed(rep["html"])
+    local = [r for r in parser.refs if "://" not in r and not r.startswith("#")]
+    assert local, "the HTML shows the figures"
+    for r in local:
+        assert (rep["dir"] / r).is_file(), r
+    assert {Path(r).name for r in local} == names, "every figure is in the report"
+    for r in local:
+        assert f"]({r})" in rep["md"]
+
+
+def test_report_from_the_server_store_is_the_same(built, rep, tmp_path):
+    assert main(["report", STUDY, "--tracking-uri", built.server.uri, "--out", str(tmp_path)]) == 0
+    other = json.loads((tmp_path / STUDY / "summary.json").read_text())
+    mine = rep["summary"]
+    for a in mine["arms"]:
+        b = arm_of(other, a["arm"])
+        for m in METRICS:
+            for k in ("n", "mean", "std", "ci95"):
+                assert _close(b["stats"][m][k], a["stats"][m][k])
+    assert [(t["arm"], t["vs"]) for t in other["tests_gradmix"]] == [(t["arm"], t["vs"]) for t in mine["tests_gradmix"]]
+    for t, u in zip(other["tests_gradmix"], mine["tests_gradmix"]):
+        assert _close(t["p_ttest"], u["p_ttest"])
+
+
+def test_after_sweep_logs_the_report_to_the_parent_run(built, tmp_path):
+    from mlflow import MlflowClient
+
+    folder = report.after_sweep(tt.study_obj(), built.sqlite_uri, out_dir=str(tmp_path))
+    assert folder == tmp_path / STUDY and (folder / "report.html").is_file()
+    c = MlflowClient(built.sqlite_uri)
+    exp = c.get_experiment_by_name(STUDY)
+    (parent,) = c.search_runs([exp.experiment_id], "tags.`gradmix.role` = 'parent'")
+    names = {f.path for f in c.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/summary.json", "report/figures"} <= names
+
+
+def test_unknown_study_is_a_clear_error(built, capsys, tmp_path):
+    assert main(["report", "no_such_study", "--tracking-uri", built.sqlite_uri, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'no_such_study'" in err and "--tracking-uri" in err
+    assert report.after_sweep(tt.study_obj("no_such_study"), built.sqlite_uri, str(tmp_path)) is None
+
+
+def test_statistics_helpers_edge_cases():
+    one = report.describe([0.5])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci95"])
+    t = report.paired_test({0: 0.5, 1: 0.6}, {1: 0.4, 2: 0.1})
+    assert t["n"] == 1 and math.isnan(t["p_ttest"])
+    same = report.paired_test({s: 0.5 for s in range(6)}, {s: 0.5 for s in range(6)})
+    assert math.isnan(same["p_ttest"]) and same["n"] == 6  # no variance: no t-test, and no crash
+    x = {s: 0.5 + 0.01 * s for s in range(7)}
+    y = {s: 0.45 + 0.013 * s * (-1) ** s for s in range(7)}
+    w = report.paired_test(x, y)
+    assert w["p_wilcoxon"] == pytest.approx(stats.wilcoxon(list(x.values()), list(y.values())).pvalue)
+    assert tracking.method_of({}, {"method": "", "mixing": {"selection": "gradient"}}) == "gradient"
