@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-COMMANDS = ("run", "sweep", "report")
+COMMANDS = ("run", "sweep", "report", "ui")
 
 
 def _table(result) -> str:
@@ -81,6 +81,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """`mlflow ui` on the tracking store, bound to 127.0.0.1 unless --host says otherwise."""
+    import os
+    import subprocess
+
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is a tracking server: open it in a browser")
+        return 0
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving the MLflow UI on {args.host}: anyone who can reach it sees every run",
+              file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} ({uri}); Ctrl-C to stop", flush=True)
+    try:
+        return subprocess.call(cmd, env=os.environ.copy())
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gradmix-tune",
@@ -101,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep.register(sub)
     report.register(sub)
+    u = sub.add_parser("ui", help="open the MLflow UI on the tracking store",
+                       description="Serve the MLflow UI for the tracking store (127.0.0.1 unless --host).")
+    u.add_argument("--tracking-uri", help="else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
     return p
 
 
