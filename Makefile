@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/gradmix-tune ablations/quickstart.yaml
+	$(VENV)/bin/gradmix-tune ablations/quickstart.yaml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=10

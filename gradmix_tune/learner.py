@@ -288,7 +288,7 @@ class Learner:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
         self.buffer.load_state_dict(s["buffer"], self.device)
-        self.mixer.load_state_dict(s["mixer"])
+        self.mixer.load_state_dict(s["mixer"], self.device)
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
         self.acc, self.epochs, self.tasks = s["acc"], s["epochs"], s["tasks"]

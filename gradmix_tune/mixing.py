@@ -118,8 +118,9 @@ class Mixer:
         return {"S": self.S, "helpful": None if self.helpful is None else torch.from_numpy(self.helpful),
                 "g_buf": self.g_buf, "step_count": self.step_count, "rng": self.rng.bit_generator.state}
 
-    def load_state_dict(self, s: dict) -> None:
-        self.S, self.g_buf, self.step_count = s["S"], s["g_buf"], s["step_count"]
+    def load_state_dict(self, s: dict, device: torch.device | str = "cpu") -> None:
+        self.S, self.step_count = s["S"], s["step_count"]
+        self.g_buf = None if s["g_buf"] is None else s["g_buf"].to(device)  # used with device features
         self.helpful = None if s["helpful"] is None else s["helpful"].numpy()
         self.rng.bit_generator.state = s["rng"]
 

@@ -9,7 +9,7 @@ kind = "epoch" (after every epoch):
     and with mixing: frac_mixed, frac_pairs_helpful, selection_time_s, refresh_time_s, refreshes
 kind = "task" (after every task; carries the checkpoint):
     task, tasks_done, global_epoch, avg_acc, acc_task_<j> for j <= task, task_time_s,
-    accuracy_matrix (JSON), and, on the last task only, done=1 plus
+    accuracy_matrix (JSON), and, on the last task only, final=1 (not `done`: Ray reserves it) plus
     final_avg_acc, avg_incremental_acc, forgetting, bwt, wall_time_s, s_matrix (JSON or ""),
     peak_epoch, peak_acc, u_shape_drop (the last task's per-epoch curve, metrics.u_shape)
     Task dicts also carry the task's diagnostics (proxy_drift; the mixing ones when mixing).
@@ -51,7 +51,7 @@ def task_result(rec: TaskRecord, learner: Learner) -> dict:
         out.update(metrics.summarize(acc))
         u = learner.u_shape()
         out.update({"peak_epoch": u["peak_epoch"], "peak_acc": u["peak_acc"], "u_shape_drop": u["u_shape_drop"]})
-        out.update({"done": 1, "wall_time_s": wall_time_s,
+        out.update({"final": 1, "wall_time_s": wall_time_s,
                     "s_matrix": json.dumps(s_matrix) if s_matrix is not None else ""})
     return out
 

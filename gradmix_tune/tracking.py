@@ -62,7 +62,7 @@ EPOCH_METRICS = ("seen_acc", "loss", "epoch_time_s", "frac_mixed", "frac_pairs_h
 FINAL_METRICS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "wall_time_s",
                  "peak_epoch", "peak_acc", "u_shape_drop")
 # never logged as metrics: bookkeeping of results.py and what Ray adds to every result
-_NOT_METRICS = {"kind", "task", "tasks_done", "global_epoch", "epoch", "done", "index",
+_NOT_METRICS = {"kind", "task", "tasks_done", "global_epoch", "epoch", "done", "final", "index",
                 "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
                 "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore",
                 "pid", "date", "hostname", "node_ip", "trial_id", "experiment_id", "should_checkpoint",
@@ -224,6 +224,9 @@ class _Writer:
         if self._client is None:
             from mlflow import MlflowClient
 
+            # "Creating initial MLflow database tables" etc.: not news to the user
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
@@ -499,7 +502,7 @@ class _RunLog:
                 metrics = [[k, v, ts, step, "task"] for k, v in r.items()
                            if k not in _NOT_METRICS and k not in EPOCH_METRICS and k not in FINAL_METRICS
                            and _finite(v)]
-            if r.get("done") and not self.final:
+            if r.get("final") and not self.final:
                 self.final = True
                 metrics += [[k, r[k], ts, step, "final"] for k in FINAL_METRICS if _finite(r.get(k))]
         if metrics:
