@@ -231,17 +231,16 @@ class Learner:
         for epoch in range(cfg.train.epochs):
             t0 = time.perf_counter()
             perm = self._task_idx[torch.randperm(len(self._task_idx), generator=self.gen).to(self.device)]
+            # one gather per epoch: every batch below is a contiguous slice (a view, no copy)
+            xs, ys = bench.train.x[perm], bench.train.y[perm]
             bs = cfg.train.batch_size
-            total = torch.zeros((), device=self.device)
-            steps = 0
+            losses = []  # summed once at the end: no per-step sync with the device
             for i in range(0, len(perm), bs):
-                bi = perm[i:i + bs]
-                x, y = bench.train.x[bi], bench.train.y[bi]
-                total += self._step(x, y, task, new_epoch=(i == 0))
-                steps += 1
+                x, y = xs[i:i + bs], ys[i:i + bs]
+                losses.append(self._step(x, y, task, new_epoch=(i == 0)))
                 if epoch == 0 and cfg.memory.size > 0:
                     self.buffer.add(x, y, task)  # each sample is offered to the buffer once
-            loss = float(total) / max(steps, 1)
+            loss = float(torch.stack(losses).mean()) if losses else float("nan")
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss} in task {task}, epoch {epoch}: lower train.lr "
                                     "or check the data")
