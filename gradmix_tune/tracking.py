@@ -81,6 +81,15 @@ def resolve_tracking_uri(cli_value: str | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- small helpers
+def artifact_root(uri: str) -> str | None:
+    """For a sqlite store, artifacts go to `mlruns/` beside the database file (MLflow's own
+    default is ./mlruns under whatever the current folder is); a server decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    return (db.parent / "mlruns").as_uri()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -299,7 +308,8 @@ class _Writer:
             exp = c.get_experiment_by_name(self.experiment)
             if exp is None:
                 try:
-                    self.experiment_id = c.create_experiment(self.experiment)
+                    self.experiment_id = c.create_experiment(self.experiment,
+                                                             artifact_location=artifact_root(self.uri))
                 except Exception:  # noqa: BLE001 - created meanwhile by someone else
                     exp = c.get_experiment_by_name(self.experiment)
                     if exp is None:
