@@ -33,6 +33,7 @@ This module imports neither ray nor torch at the top level: `gradmix-tune run` s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import itertools
 import json
@@ -596,7 +597,27 @@ def train_trial(config: dict) -> None:
             torch.save(learner.state_dict(), os.path.join(d, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    run(cfg, Hooks(on_epoch=on_epoch, on_task=on_task), resume=state)
+    run(cfg, Hooks(on_epoch=on_epoch, on_task=on_task), resume=state, bench=_cached_benchmark(cfg))
+
+
+_BENCH_CACHE: dict = {}
+
+
+def _cached_benchmark(cfg):
+    """The last dataset this worker loaded, reused while the data section is the same: with
+    reuse_actors, a study's trials on MNIST load it once per worker, not once per trial.
+    (The learner never changes the tensors in place.)"""
+    import json as _json
+
+    from .data import load_benchmark
+    from .learner import pick_device
+
+    device = pick_device(cfg.train.device)
+    key = _json.dumps([dataclasses.asdict(cfg.data), str(device)], sort_keys=True)
+    if key not in _BENCH_CACHE:
+        _BENCH_CACHE.clear()  # one dataset at a time: bounded memory
+        _BENCH_CACHE[key] = load_benchmark(cfg, device)
+    return _BENCH_CACHE[key]
 
 
 def _trial_dirname(trial) -> str:
