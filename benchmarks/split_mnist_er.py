@@ -25,22 +25,27 @@ def main() -> None:
     ap.add_argument("--data-root", default=os.environ.get("GRADMIX_DATA_ROOT", str(ROOT.parent / "shared/data")))
     args = ap.parse_args()
     rows = []
-    for threads in (1, 2):
+    for threads, track in ((1, False), (2, False), (1, "new"), (1, "existing")):
         times, accs = [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "m.json"
                 cmd = [sys.executable, "-m", "gradmix_tune", "run", str(ROOT / "ablations/configs/split_mnist.yaml"),
                        "--data-root", args.data_root, "--set", f"train.threads={threads}", "--json", str(out)]
+                cmd += ["--tracking-uri", f"sqlite:///{tmp}/mlflow.db"] if track else ["--no-track"]
+                if track == "existing":  # the usual case: mlflow.db already has its tables
+                    subprocess.run(cmd[:4] + ["--set", "data.name=digits"] + cmd[5:], check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
                 t0 = time.perf_counter()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=tmp)
                 times.append(time.perf_counter() - t0)
                 accs.append(json.loads(out.read_text())["final_avg_acc"])
-        rows.append((threads, statistics.median(times), min(times), statistics.mean(accs)))
-    print("| torch threads | whole command, median (s) | best (s) | final avg acc |")
-    print("|---|---|---|---|")
-    for t, med, best, acc in rows:
-        print(f"| {t} | {med:.2f} | {best:.2f} | {acc:.4f} |")
+        rows.append((threads, track, statistics.median(times), min(times), statistics.mean(accs)))
+    print("| torch threads | MLflow logging | whole command, median (s) | best (s) | final avg acc |")
+    print("|---|---|---|---|---|")
+    for t, track, med, best, acc in rows:
+        what = {False: "off (--no-track)", "new": "on, new sqlite store", "existing": "on, existing sqlite store"}[track]
+        print(f"| {t} | {what} | {med:.2f} | {best:.2f} | {acc:.4f} |")
 
 
 if __name__ == "__main__":

@@ -854,10 +854,16 @@ def sweep_callbacks(study, tracking_uri: str, resume: bool = False) -> list:
 # --------------------------------------------------------------------------- `gradmix-tune run`
 class RunLogger:
     """Logs one `gradmix-tune run` (no parent) the way a trial is logged: use `on_epoch` and
-    `on_task` as learner Hooks, then `end(status)`."""
+    `on_task` as learner Hooks, then `end(status)`.
+
+    All MLflow work happens on one background thread (importing mlflow and opening a new
+    sqlite store take seconds): training only computes the small result dicts and queues them."""
 
     def __init__(self, cfg, tracking_uri: str | None = None, experiment: str | None = None,
                  config_path: str | None = None, command: str | None = None):
+        import queue
+        import threading
+
         from .config import flatten
 
         cfgd = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
@@ -866,16 +872,41 @@ class RunLogger:
         self.w = _Writer(self.uri, self.experiment)
         self.rl = _RunLog(self.w, "run")
         self._last_avg = float("nan")
+        self._unsent: str | None = None
         method = method_of({}, cfgd)
         name = f"{Path(config_path).stem if config_path else 'run'} {method} seed={cfgd.get('seed', 0)}"
         tags = {ROLE: "run", "method": method, "seed": cfgd.get("seed", 0), "config_file": config_path or "",
                 **_source_tags(command)}
-        self.w.put("run", "run", {"name": name, "tags": tags, "params": flatten(cfgd)})
-        import yaml
+        self._q: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="gradmix-mlflow", daemon=True)
+        self._thread.start()
 
-        self.w.put("artifact", "run", {"file": self.w.file("config.yaml", yaml.safe_dump(cfgd, sort_keys=False)),
-                                       "tmp": True})
-        self.w.flush()
+        def open_run():
+            import yaml
+
+            self.w.put("run", "run", {"name": name, "tags": tags, "params": flatten(cfgd)})
+            self.w.put("artifact", "run", {"file": self.w.file("config.yaml", yaml.safe_dump(cfgd, sort_keys=False)),
+                                           "tmp": True})
+            self.w.flush()
+
+        self._q.put(open_run)
+
+    def _work(self) -> None:
+        while True:
+            fn = self._q.get()
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - tracking never stops training
+                log.warning("MLflow tracking failed (training goes on): %s", _short(e))
+
+    def _log(self, result: dict) -> None:
+        def send():
+            self.rl.result(result)
+            self.w.flush()
+
+        self._q.put(send)
 
     @property
     def run_id(self) -> str | None:
@@ -885,23 +916,28 @@ class RunLogger:
     def on_epoch(self, rec) -> None:
         from .results import epoch_result
 
-        self.rl.result(epoch_result(rec, self._last_avg))
-        self.w.flush()
+        self._log(epoch_result(rec, self._last_avg))
 
     @_guarded
     def on_task(self, rec, learner) -> None:
         from .results import task_result
 
         self._last_avg = rec.avg_acc
-        self.rl.result(task_result(rec, learner))
-        self.w.flush()
+        self._log(task_result(rec, learner))  # computed now: the learner moves on
 
     @_guarded
     def end(self, status: str = "FINISHED", error: str | None = None) -> str | None:
-        """Figures, status, final flush; returns the file of unsent entries, if any."""
-        try:
-            self.rl.figures(fetch_history=False)
-        except Exception as e:  # noqa: BLE001
-            log.warning("could not draw the run's figures: %s", _short(e))
-        self.rl.end(status, error)
-        return self.w.close()
+        """Figures, status, final flush; waits for the background thread. Returns the file of
+        unsent entries, if any."""
+        def finish():
+            try:
+                self.rl.figures(fetch_history=False)
+            except Exception as e:  # noqa: BLE001
+                log.warning("could not draw the run's figures: %s", _short(e))
+            self.rl.end(status, error)
+            self._unsent = self.w.close()
+
+        self._q.put(finish)
+        self._q.put(None)
+        self._thread.join()
+        return self._unsent
