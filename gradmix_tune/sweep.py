@@ -21,12 +21,16 @@ index (position in the study), factors (grid or sampled key -> value) and config
 validated ExperimentConfig as a nested dict, seed included). The trainable reports
 `results.epoch_result` after every epoch and `results.task_result` with a checkpoint after
 every task; on restore (a retried trial, `--resume`) it continues at the last finished task.
+A checkpoint that is missing, half-written or corrupt is never loaded (Trainable.restore,
+_usable_checkpoint): the trial continues from an older recorded one, or starts over, and says so.
 
 Results and checkpoints go to <storage>/<name>/ (one folder per trial, t<index>_<trial id>);
-`--resume` restores the study from there without re-running finished trials. A local Ray is
-started per study unless `--address`/RAY_ADDRESS names a cluster (then --storage must be shared
-storage when the cluster has more than one node). Exit codes: 0 every trial ran to the end (or
-was stopped early by ASHA), 1 some trial failed, 2 bad input, 130 interrupted (resumable).
+`--resume` restores the study from there without re-running finished trials. The storage folder
+is checked before Ray starts (writable, 1 MiB free). A local Ray is started per study unless
+`--address`/RAY_ADDRESS names a cluster; on a multi-node cluster a local storage path must be
+visible from every node that can run a trial (checked with one tiny task per node). Exit codes:
+0 every trial ran to the end (or was stopped early by ASHA), 1 some trial failed, 2 bad input
+(including unusable storage), 130 interrupted (resumable).
 
 This module imports neither ray nor torch at the top level: `gradmix-tune run` stays fast.
 """
@@ -574,11 +578,17 @@ def train_trial(config: dict) -> None:
 
     state = None
     last_avg = [float("nan")]
+    # what Trainable.restore had to do about a missing or unreadable checkpoint (see
+    # _usable_checkpoint): said in the first result, which the driver's progress lines print
+    note = [_RESTORE_NOTES.pop(tune.get_context().get_trial_id(), None)]
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            # weights_only=True works: the state is tensors, numbers, strings, lists, dicts, tuples
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        try:
+            with ckpt.as_directory() as d:
+                # weights_only=True works: the state is tensors, numbers, strings, lists, dicts, tuples
+                state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - checked in restore; changed on storage since
+            raise RuntimeError(f"checkpoint {ckpt.path} cannot be read ({type(e).__name__}: {e})") from e
         if state["next_task"] >= cfg.data.tasks:
             return  # finished before the driver recorded it: its last result is the checkpoint's
         if state["tasks"]:
@@ -588,7 +598,10 @@ def train_trial(config: dict) -> None:
         avg = last_avg[0]
         if not math.isfinite(avg):  # during the first task: the accuracy on its classes so far
             avg = rec.seen_acc if math.isfinite(rec.seen_acc) else 0.0
-        tune.report(results.epoch_result(rec, avg))
+        r = results.epoch_result(rec, avg)
+        if note[0]:
+            r["restore_note"], note[0] = note[0], None
+        tune.report(r)
 
     def on_task(rec, learner):
         last_avg[0] = rec.avg_acc
@@ -624,6 +637,118 @@ def _trial_dirname(trial) -> str:
     return f"t{int(trial.config.get('index', 0)):04d}_{trial.trial_id}"
 
 
+# ====================================================================== restoring safely
+# Trial id -> what restore did about an unusable checkpoint (set in the trial's actor by
+# Trainable.restore, read by train_trial in the same process).
+_RESTORE_NOTES: dict[str, str] = {}
+_CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
+
+
+def _checkpoint_problem(checkpoint) -> str | None:
+    """None when the checkpoint's learner state loads; else why it cannot be used."""
+    import torch
+    from ray.train._internal.storage import _exists_at_fs_path
+
+    try:
+        if not _exists_at_fs_path(checkpoint.filesystem, checkpoint.path):
+            return "it is missing"
+        with checkpoint.as_directory() as d:
+            f = os.path.join(d, CHECKPOINT_FILE)
+            if not os.path.isfile(f):
+                return f"it has no {CHECKPOINT_FILE} (half-written?)"
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"model", "next_task", "tasks"} <= set(state):
+            return f"its {CHECKPOINT_FILE} is not a learner checkpoint"
+    except Exception as e:  # noqa: BLE001 - truncated zip, unpickling error, I/O error, ...
+        text = str(e).strip().splitlines()
+        return f"it cannot be read, half-written or corrupt ({type(e).__name__}: {text[0][:200] if text else ''})"
+    return None
+
+
+def _trial_checkpoints(fs, trial_dir: str) -> tuple[list[tuple[int, str]], dict[str, dict]]:
+    """(index, path) of the checkpoint folders in a trial folder, newest first, and the result
+    the driver recorded with each (result.json rows carry checkpoint_dir_name)."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    found = []
+    try:
+        for info in fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True)):
+            m = _CKPT_RE.match(info.base_name)
+            if m and info.type == pafs.FileType.Directory:
+                found.append((int(m.group(1)), info.path))
+    except OSError:
+        pass
+    recorded: dict[str, dict] = {}
+    try:
+        with fs.open_input_stream(posixpath.join(trial_dir, "result.json")) as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a row cut short by a crash
+        if isinstance(row, dict) and row.get("checkpoint_dir_name"):
+            recorded[row["checkpoint_dir_name"]] = row
+    return sorted(found, reverse=True), recorded
+
+
+def _usable_checkpoint(checkpoint_result):
+    """What a restored trial should continue from: (training result or None, note or None).
+
+    Ray restores a trial from the checkpoint its saved experiment state names. That one can be
+    gone: Ray deletes the oldest checkpoint beyond CheckpointConfig(num_to_keep) as soon as it
+    registers a new one, but saves its state a moment later, so a driver killed in between leaves
+    a state naming a deleted checkpoint (Ray then fails the trial: "Could not recover from
+    checkpoint as it does not exist on storage anymore"). It can also be half-written (a crash or
+    a full disk while it was copied) or corrupt. Such a checkpoint is never used: the trial
+    continues from the newest other checkpoint in its folder that loads and whose result is in
+    the trial's result.json on storage (saved together with the state, so results continue
+    without a gap), else it starts over from task 0 (its metrics are not logged twice to
+    MLflow). The note says which. A newer checkpoint whose result is not in result.json is not
+    used: that task's rows would be missing from the trial's results."""
+    import posixpath
+
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    ckpt = checkpoint_result.checkpoint
+    name = posixpath.basename(ckpt.path.rstrip("/"))
+    found, recorded = _trial_checkpoints(ckpt.filesystem, posixpath.dirname(ckpt.path.rstrip("/")))
+    # the trial had ended (its final result is recorded) though the saved state names an earlier
+    # checkpoint: continue from the final one, so nothing is run, or reported, a second time
+    final = next((p for _, p in found if "final_avg_acc" in recorded.get(posixpath.basename(p), {})), None)
+    if final is not None and posixpath.basename(final) != name:
+        cand = Checkpoint(final, filesystem=ckpt.filesystem)
+        if _checkpoint_problem(cand) is None:
+            return (_TrainingResult(checkpoint=cand, metrics=recorded[posixpath.basename(final)]),
+                    f"the trial had ended: its final result is recorded with {posixpath.basename(final)} "
+                    f"(the saved state named {name}); nothing to run again")
+    problem = _checkpoint_problem(ckpt)
+    if problem is None:
+        return checkpoint_result, None
+    for _, path in found:
+        other = posixpath.basename(path)
+        if other == name or other not in recorded:
+            continue
+        cand = Checkpoint(path, filesystem=ckpt.filesystem)
+        if _checkpoint_problem(cand) is None:
+            row = recorded[other]
+            return (_TrainingResult(checkpoint=cand, metrics=row),
+                    f"checkpoint {name} is unusable ({problem}); continued from {other} "
+                    f"(after task {row.get('tasks_done', '?')})")
+    return None, f"checkpoint {name} is unusable ({problem}) and no other usable one is recorded; " \
+                 "started over from task 0"
+
+
+def _newest_checkpoint_index(fs, trial_dir: str) -> int:
+    found, _ = _trial_checkpoints(fs, trial_dir)
+    return found[0][0] if found else -1
+
+
 # ====================================================================== Ray-side classes
 _RAY_CLASSES: dict = {}
 
@@ -645,11 +770,17 @@ def _ray_classes() -> dict:
             super().__init__(metric=None, mode=None)
             self.trials = trials
             self.next = 0
+            # on --resume: the indices of the trials Ray's saved state lists. The searcher's own
+            # saved position can be ahead of that state (a driver killed, or a full disk, between
+            # the two files): every index the state lacks is handed out again.
+            self.known: set[int] | None = None
 
         def set_search_properties(self, metric, mode, config, **spec) -> bool:
             return True
 
         def suggest(self, trial_id):
+            while self.known is not None and self.next < len(self.trials) and self.next in self.known:
+                self.next += 1
             if self.next >= len(self.trials):
                 return Searcher.FINISHED
             self.next += 1
@@ -663,6 +794,8 @@ def _ray_classes() -> dict:
 
         def set_state(self, state):
             self.next = state["next"]
+            if self.known is not None:
+                self.next = 0  # suggest() skips the known ones
 
         def save(self, checkpoint_path):
             with open(checkpoint_path, "wb") as f:
@@ -671,6 +804,24 @@ def _ray_classes() -> dict:
         def restore(self, checkpoint_path):
             with open(checkpoint_path, "rb") as f:
                 self.set_state(pickle.load(f))
+
+    from ray.tune.search import SearchGenerator
+
+    class StudySearchGenerator(SearchGenerator):
+        """Ray's wrapper of a grid study's searcher. On --resume (`known` set) it counts the
+        trials from Ray's saved state, not from its own saved counter, which can be ahead of that
+        state (see GridSearcher.known): missing trials are created again."""
+
+        def __init__(self, searcher):
+            super().__init__(searcher)
+            self.known: set[int] | None = None
+
+        def set_state(self, state):
+            super().set_state(state)
+            known = getattr(self, "known", None)
+            if known is not None:
+                self._counter = len(known)
+                self._finished = False
 
     class StudySearcher(Searcher):
         """Wraps Optuna (TPE or random): turns each sampled point into a full study trial."""
@@ -776,6 +927,11 @@ def _ray_classes() -> dict:
             self.reported.add(trial.trial_id)
             self.ended_here += 1
             r = trial.last_result or {}
+            if self.metric not in r:  # ended before the driver's saved state said so (see _outcomes)
+                try:
+                    r = _recorded_final(trial.path) or r
+                except Exception:  # noqa: BLE001 - only the line's wording depends on it
+                    pass
             v = r.get(self.metric)
             what = (f"{self.metric} {v:.4f}" if isinstance(v, (int, float)) else
                     f"stopped early after {r.get('tasks_done', r.get('task', -1) + 1)} tasks")
@@ -790,6 +946,12 @@ def _ray_classes() -> dict:
                       f"{trial.config.get('seed')}) FAILED: {_error_text(trial)}")
             self._out(self._line(trials, trial, "ERROR"))
 
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            note = result.get("restore_note")
+            if note:
+                self._out(f"  trial {trial.config.get('index')} ({trial.config.get('arm')}, seed "
+                          f"{trial.config.get('seed')}): {note}")
+
         def on_trial_recover(self, iteration, trials, trial, **info):
             self._out(f"  trial {trial.config.get('index')} ({trial.config.get('arm')}, seed "
                       f"{trial.config.get('seed')}) failed, retrying from its last checkpoint: "
@@ -799,7 +961,39 @@ def _ray_classes() -> dict:
             if time.monotonic() - self.last_print >= self.heartbeat_s:
                 self._out(self._line(trials))
 
-    _RAY_CLASSES.update(GridSearcher=GridSearcher, StudySearcher=StudySearcher, Progress=Progress)
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class Trainable(wrap_function(train_trial)):
+        """train_trial as Ray runs it, with a restore that never trusts a missing or unreadable
+        checkpoint (_usable_checkpoint) and never writes over an existing checkpoint folder."""
+
+        def restore(self, checkpoint_path):
+            import posixpath
+
+            from ray.train._internal.session import _TrainingResult
+
+            if not isinstance(checkpoint_path, _TrainingResult):
+                return super().restore(checkpoint_path)
+            from gradmix_tune import sweep as _sweep  # the module's own globals in this process
+
+            ckpt = checkpoint_path.checkpoint
+            # the saved state can lag the folder: the next checkpoint goes after the newest there
+            # (Ray raises the index, then writes checkpoint_<index>)
+            storage = getattr(self, "_storage", None)
+            if storage is not None:
+                newest = _sweep._newest_checkpoint_index(ckpt.filesystem, posixpath.dirname(ckpt.path.rstrip("/")))
+                storage.current_checkpoint_index = max(storage.current_checkpoint_index, newest)
+            chosen, note = _sweep._usable_checkpoint(checkpoint_path)
+            if note:
+                _sweep._RESTORE_NOTES[self.trial_id] = note
+                print(f"gradmix-tune: trial {self.trial_id}: {note}", file=sys.stderr, flush=True)
+            if chosen is None:
+                self._restored = False  # train_trial sees no checkpoint: task 0
+                return None
+            return super().restore(chosen)
+
+    _RAY_CLASSES.update(GridSearcher=GridSearcher, StudySearcher=StudySearcher, Progress=Progress,
+                        Trainable=Trainable, StudySearchGenerator=StudySearchGenerator)
     return _RAY_CLASSES
 
 
@@ -887,8 +1081,83 @@ def _study_record(study: Study) -> dict:
             "resources": study.resources}
 
 
+def _check_writable(study: Study) -> None:
+    """A local storage folder must be a folder we can create and write (1 MiB, so a full disk
+    shows here too), checked before Ray starts. Remote storage (s3://...) is Ray's to check."""
+    if "://" in study.storage_path:
+        return
+    for folder in (Path(study.storage_path), Path(study.experiment_path)):
+        probe = folder / f".gradmix-write-test-{os.getpid()}"
+        try:
+            if folder != Path(study.storage_path) and not folder.is_dir():
+                continue  # a new study's folder: Ray creates it; its parent was checked
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            what, where = e.strerror or type(e).__name__, ""
+            if isinstance(e, (NotADirectoryError, FileExistsError)):
+                f = next((a for a in [folder, *folder.parents] if a.exists() and not a.is_dir()), None)
+                what = f"{f} is a file, not a folder" if f is not None else what
+            elif e.filename and str(e.filename) != str(probe):
+                where = f" ({e.filename})"
+            raise ConfigError("--storage", None, f"results and checkpoints cannot be written to {folder}: "
+                                                 f"{what}{where}",
+                              "pass --storage a writable folder with free space (shared storage for a "
+                              "multi-node cluster)") from None
+        finally:
+            try:
+                probe.unlink()
+            except OSError:
+                pass
+
+
+def _raise_if_storage_full(study: Study, error: BaseException) -> None:
+    """Ray's own writes (trial errors, results, the study's state) fail in odd ways on a full
+    disk (e.g. EOFError reading back an error file it could not write): say what happened."""
+    if "://" in study.storage_path:
+        return
+    import shutil
+
+    try:
+        free = shutil.disk_usage(study.storage_path).free
+    except OSError:
+        return
+    if free < (1 << 20) or getattr(error, "errno", None) == 28:
+        raise ConfigError("--storage", None,
+                          f"the storage folder {study.storage_path} ran out of space during the study "
+                          f"({free // 1024} KiB free; Ray stopped with {type(error).__name__}: "
+                          f"{str(error).strip().splitlines()[-1][:200] if str(error).strip() else ''})",
+                          "free some space, then continue with --resume: finished trials are kept and "
+                          "unfinished ones continue from their last complete checkpoint") from error
+
+
+def _check_saved_state(study: Study) -> None:
+    """Ray resumes from its newest experiment_state-*.json: it must be there and whole (Ray
+    writes it in place, so a full disk or a crash mid-write can cut it short)."""
+    if "://" in study.storage_path:
+        return  # Ray reports it
+    states = sorted(Path(study.experiment_path).glob("experiment_state-*.json"))
+    if not states:
+        raise ConfigError(study.experiment_path, None,
+                          "the study was stopped before Ray saved its state: there is nothing to resume",
+                          "start over with --overwrite")
+    try:
+        json.loads(states[-1].read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(states[-1]), None,
+                          f"Ray's saved state of the study is cut short or corrupt ({type(e).__name__}: {e}); "
+                          "it was probably being written when the disk filled up or the machine went down",
+                          "free space and start over with --overwrite (finished trials' results stay in "
+                          "MLflow and in their trial folders until then)") from None
+
+
 def _check_storage(study: Study, resume: bool, overwrite: bool) -> None:
-    """Before Ray starts: a new study must not land on an old one; --resume needs one."""
+    """Before Ray starts: a new study must not land on an old one; --resume needs one; the
+    storage folder must be writable."""
+    _check_writable(study)
     exp = study.experiment_path
     state_file = _join(exp, STUDY_FILE)
     exists = _exists(exp)
@@ -902,6 +1171,7 @@ def _check_storage(study: Study, resume: bool, overwrite: bool) -> None:
                               f"the study's trials differ from the interrupted run's ({state_file})",
                               "resume with the ablation file (and --set / --data-root) it ran with, "
                               "or start over with --overwrite")
+        _check_saved_state(study)
         return
     if exists:
         if overwrite:
@@ -947,15 +1217,71 @@ def _check_cluster(study: Study, address: str | None, storage_given: bool) -> in
         raise ConfigError(study.path, "resources",
                           f"a trial needs {cpu:g} CPU and {gpu:g} GPU but no Ray node has that ({have})",
                           "lower resources.cpu / resources.gpu, or start Ray with more (--num-cpus, --num-gpus)")
-    if len(nodes) > 1 and "://" not in study.storage_path and not storage_given:
-        raise ConfigError("--storage", None,
-                          f"this Ray cluster has {len(nodes)} nodes but results would go to the local path "
-                          f"{study.storage_path}, which the other nodes cannot see",
-                          "pass --storage with shared storage: an NFS path mounted on every node, or s3://bucket/path")
+    if len(nodes) > 1 and "://" not in study.storage_path:
+        # a local path is shared storage only if every node that can run a trial sees it: ask them
+        hosts = [n for n in nodes if n["Resources"].get("CPU", 0) >= cpu and n["Resources"].get("GPU", 0) >= gpu]
+        blind = _nodes_not_seeing(study.storage_path, hosts)
+        if blind:
+            given = "" if storage_given else " (the default, a folder of this machine)"
+            raise ConfigError("--storage", None,
+                              f"this Ray cluster has {len(nodes)} nodes but {len(blind)} of them cannot see the "
+                              f"results folder {study.storage_path}{given}: {', '.join(blind)}",
+                              "pass --storage with shared storage: an NFS path mounted at the same place on "
+                              "every node, or s3://bucket/path")
     slots = total.get("CPU", 0) // cpu
     if gpu > 0:
         slots = min(slots, total.get("GPU", 0) // gpu)
     return max(int(slots), 1)
+
+
+def _nodes_not_seeing(folder: str, nodes: list[dict], timeout_s: float = 60.0) -> list[str]:
+    """Nodes (as "ip (node id)") on which a file just written to `folder` here cannot be read:
+    one zero-CPU task pinned to each node looks for it. A node that does not answer in time is
+    reported as a warning, not an error."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = uuid.uuid4().hex
+    marker = Path(folder) / f".gradmix-shared-{token}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(token)
+
+    def sees(path: str, token: str) -> bool:
+        try:
+            with open(path) as f:
+                return f.read() == token
+        except OSError:
+            return False
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(sees)
+    try:
+        refs = {f"{n.get('NodeManagerAddress', '?')} (node {n['NodeID'][:8]})":
+                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(marker), token) for n in nodes}
+        ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        blind, unknown = [], []
+        for name, ref in refs.items():
+            if ref not in ready:
+                unknown.append(name)
+                continue
+            try:
+                if not ray.get(ref):
+                    blind.append(name)
+            except Exception:  # noqa: BLE001 - the node died meanwhile: Ray handles trials there
+                unknown.append(name)
+        for ref in late:
+            ray.cancel(ref, force=True)
+        if unknown:
+            print(f"warning: could not check that {', '.join(unknown)} see(s) {folder}; results there "
+                  "would be lost if not", file=sys.stderr, flush=True)
+        return blind
+    finally:
+        try:
+            marker.unlink()
+        except OSError:
+            pass
 
 
 def _make_search_alg(study: Study, max_concurrent: int):
@@ -964,7 +1290,8 @@ def _make_search_alg(study: Study, max_concurrent: int):
 
     C = _ray_classes()
     if not study.search:
-        return ConcurrencyLimiter(C["GridSearcher"](study.trials), max_concurrent=max_concurrent)
+        return C["StudySearchGenerator"](ConcurrencyLimiter(C["GridSearcher"](study.trials),
+                                                            max_concurrent=max_concurrent))
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     from ray.tune.search.optuna import OptunaSearch
@@ -995,6 +1322,30 @@ def _make_scheduler(study: Study):
 
     return ASHAScheduler(time_attr=s["time_attr"], metric=s["metric"], mode="max", max_t=s["max_t"],
                          grace_period=s["grace_period"], reduction_factor=s["reduction_factor"])
+
+
+def _saved_indices(study: Study) -> set[int] | None:
+    """Study indices of the trials in the saved Ray state that --resume restores (None: unreadable)."""
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            return {int(t.config["index"]) for t in ExperimentAnalysis(study.experiment_path).trials}
+        finally:
+            quiet.setLevel(level)
+    except Exception:  # noqa: BLE001 - let Ray's own restore report it
+        return None
+
+
+def _set_known_trials(search_alg, known: set[int] | None) -> None:
+    s = search_alg
+    while s is not None:
+        if hasattr(s, "known"):
+            s.known = known
+        s = getattr(s, "searcher", None)
 
 
 def _set_search_concurrency(search_alg, n: int) -> None:
@@ -1038,10 +1389,15 @@ def _outcomes(result_grid, study: Study) -> list[TrialOutcome]:
         saved = _saved_statuses(study)  # ASHA stops trials too: ask the saved state which ones Ctrl-C cut
     out = []
     for r, trial in zip(result_grid, trials):
-        cfg = r.config or {}
+        # (Result.config comes from the last result: a trial that failed before any has none)
+        cfg = r.config or dict(getattr(trial, "config", None) or {})
         m = dict(r.metrics or {})
         st = getattr(trial, "status", None)
         tid = getattr(trial, "trial_id", None) or m.get("trial_id", "")
+        if r.error is None and st != "ERROR" and "final_avg_acc" not in m and r.path:
+            # resumed from a checkpoint newer than the driver's saved state (_usable_checkpoint):
+            # the trial had ended, its final result is recorded in its folder, not reported again
+            m = _recorded_final(_join(study.experiment_path, os.path.basename(r.path.rstrip("/")))) or m
         if r.error is not None or st == "ERROR":
             err = _error_text(trial) if trial is not None else (str(r.error).strip().splitlines() or ["?"])[-1]
             out.append(TrialOutcome(cfg, m, "failed", err, tid))
@@ -1055,6 +1411,22 @@ def _outcomes(result_grid, study: Study) -> list[TrialOutcome]:
             out.append(TrialOutcome(cfg, m, "stopped", trial_id=tid))
     out.sort(key=lambda o: o.config.get("index", 0))
     return out
+
+
+def _recorded_final(trial_path: str) -> dict | None:
+    """The last-task result (with final_avg_acc) recorded in a trial folder's result.json, if any."""
+    try:
+        text = _read_text(_join(trial_path, "result.json"))
+    except Exception:  # noqa: BLE001 - unreadable: nothing recorded as far as we can tell
+        return None
+    for line in reversed((text or "").splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "final_avg_acc" in row:
+            return row
+    return None
 
 
 def _saved_statuses(study: Study) -> dict[str, str]:
@@ -1084,13 +1456,47 @@ def _remove_orphans(study: Study, trials: list[TrialOutcome]) -> None:
     ids = {t.trial_id for t in trials}
     if len(ids) != len(trials) or "" in ids:
         return  # not sure which folders are the study's: leave them
+    configs = {json.dumps(t.config, sort_keys=True) for t in trials if t.status != "unfinished"}
     for d in Path(study.experiment_path).glob("t[0-9][0-9][0-9][0-9]_*"):
         if not d.is_dir() or d.name.split("_", 1)[1] in ids:
             continue
         files = {f.name: f for f in d.iterdir()}
-        if set(files) <= {"params.json", "params.pkl", "result.json"} and \
-                ("result.json" not in files or files["result.json"].stat().st_size == 0):
+        empty = set(files) <= {"params.json", "params.pkl", "result.json"} and \
+            ("result.json" not in files or files["result.json"].stat().st_size == 0)
+        try:  # it got as far as a result or a checkpoint: the same trial has ended under its new id
+            again = json.dumps(json.loads(files["params.json"].read_text()), sort_keys=True) in configs
+        except (KeyError, OSError, ValueError):
+            again = False
+        if empty or again:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def _prune_checkpoints(study: Study, result_grid) -> None:
+    """After a study's run (Ray's state saved and consistent): each trial keeps the newest
+    checkpoint whose result is recorded (the final one, for a finished trial) and the one the
+    saved state names (the same, unless a killed driver's state lagged). The others are ones a
+    killed driver never recorded or Ray no longer tracks (restores never write over an existing
+    checkpoint folder, see Trainable.restore). Local storage only."""
+    if "://" in study.storage_path:
+        return
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    for r in result_grid:
+        if not r.path:
+            continue
+        d = Path(study.experiment_path) / os.path.basename(r.path.rstrip("/"))
+        found, recorded = _trial_checkpoints(pafs.LocalFileSystem(), str(d))
+        keep = {os.path.basename(p) for _, p in found if os.path.basename(p) in recorded}
+        keep = set(sorted(keep)[-1:])  # the newest whose result is recorded (the final one, if ended)
+        if r.checkpoint is not None:  # and the one the saved state names
+            keep.add(os.path.basename(r.checkpoint.path.rstrip("/")))
+        if not keep & {os.path.basename(p) for _, p in found}:
+            continue  # nothing we are sure of: leave them all
+        for _, p in found:
+            if os.path.basename(p) not in keep:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -1157,15 +1563,16 @@ def summary_table(study: Study, trials: list[TrialOutcome]) -> str:
 def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, max_concurrent: int | None = None,
               num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None,
               storage_given: bool = True, dashboard: bool = False, reports_dir: str = "reports",
-              heartbeat_s: float = 30.0) -> SweepOutcome:
-    """Run (or resume) the study on Ray; print progress and the per-arm summary."""
+              heartbeat_s: float = 30.0, callbacks: list | None = None) -> SweepOutcome:
+    """Run (or resume) the study on Ray; print progress and the per-arm summary. `callbacks`:
+    more Ray Tune callbacks for the driver (e.g. benchmarks/sweep_throughput.py's trial clock)."""
     _check_storage(study, resume, overwrite)  # before Ray starts
     saved_env = {k: os.environ.get(k) for k in _RAY_ENV}
     for k, v in _RAY_ENV.items():
         os.environ.setdefault(k, v)
     try:
         return _run_study(study, resume, max_concurrent, num_cpus, num_gpus, address, storage_given, dashboard,
-                          reports_dir, heartbeat_s)
+                          reports_dir, heartbeat_s, list(callbacks or []))
     finally:
         for k, v in saved_env.items():
             if v is None:
@@ -1185,7 +1592,7 @@ _RAY_ENV = {
 
 def _run_study(study: Study, resume: bool, max_concurrent: int | None, num_cpus: int | None,
                num_gpus: int | None, address: str | None, storage_given: bool, dashboard: bool,
-               reports_dir: str, heartbeat_s: float) -> SweepOutcome:
+               reports_dir: str, heartbeat_s: float, extra_callbacks: list) -> SweepOutcome:
     import ray
 
     from . import report, tracking
@@ -1200,9 +1607,9 @@ def _run_study(study: Study, resume: bool, max_concurrent: int | None, num_cpus:
         C = _ray_classes()
         callbacks = [C["Progress"](study.num_trials, study.metric, study.mode, heartbeat_s=heartbeat_s),
                      JsonLoggerCallback()]
-        callbacks += list(tracking.sweep_callbacks(study, study.tracking_uri, resume) or [])
-        trainable = tune.with_resources(train_trial, {"cpu": study.resources["cpu"],
-                                                      "gpu": study.resources["gpu"]})
+        callbacks += list(tracking.sweep_callbacks(study, study.tracking_uri, resume) or []) + extra_callbacks
+        trainable = tune.with_resources(C["Trainable"], {"cpu": study.resources["cpu"],
+                                                         "gpu": study.resources["gpu"]})
         if resume:
             tuner = tune.Tuner.restore(study.experiment_path, trainable, resume_unfinished=True,
                                        resume_errored=True)
@@ -1211,6 +1618,8 @@ def _run_study(study: Study, resume: bool, max_concurrent: int | None, num_cpus:
                 inner._run_config.callbacks = callbacks
                 if max_concurrent:
                     _set_search_concurrency(inner._tune_config.search_alg, max_concurrent)
+                if not study.search:
+                    _set_known_trials(inner._tune_config.search_alg, _saved_indices(study))
             print(f"resuming study {study.name} from {study.experiment_path}", flush=True)
         else:
             tuner = tune.Tuner(
@@ -1221,6 +1630,10 @@ def _run_study(study: Study, resume: bool, max_concurrent: int | None, num_cpus:
                 run_config=tune.RunConfig(
                     name=study.name, storage_path=study.storage_path, callbacks=callbacks, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=study.max_failures),
+                    # one per trial: Ray then saves the study's state after every checkpoint
+                    # (it forces a snapshot every num_to_keep checkpoints), so a killed driver
+                    # loses the least. Ray deletes the previous checkpoint a moment before that
+                    # snapshot: a restore never trusts the state blindly (_usable_checkpoint).
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
             _write_text(_join(study.experiment_path, STUDY_FILE), json.dumps(_study_record(study), indent=1))
             print(f"study {study.name}: {study.num_trials} trials, up to {concurrency} at a time "
@@ -1230,11 +1643,15 @@ def _run_study(study: Study, resume: bool, max_concurrent: int | None, num_cpus:
         quiet.setLevel(logging.CRITICAL)
         try:
             grid = tuner.fit()
+            trials = _outcomes(grid, study)
+        except Exception as e:
+            _raise_if_storage_full(study, e)
+            raise
         finally:
             quiet.setLevel(level)
-        trials = _outcomes(grid, study)
         if resume:
             _remove_orphans(study, trials)
+        _prune_checkpoints(study, grid)
     finally:
         if started:
             ray.shutdown()

@@ -68,6 +68,7 @@ _NOT_METRICS = {"kind", "task", "tasks_done", "global_epoch", "epoch", "done", "
                 "pid", "date", "hostname", "node_ip", "trial_id", "experiment_id", "should_checkpoint",
                 "checkpoint_dir_name", "experiment_tag", "config"}
 
+EPOCH_FLUSH_S = 5.0  # epoch metrics of a sweep's trials are sent at least this often
 PARAM_MAX = 6000  # MLflow's limit on a param value
 TAG_MAX = 5000
 _PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
@@ -723,7 +724,15 @@ class StudyLogger:
     @_guarded
     def trial_result(self, trial, result: dict) -> None:
         self._run(trial, reopen=True).result(result)
-        self.writer.flush()
+        # Ray waits for the driver's callbacks before a trial goes on, and one MLflow write costs
+        # tens of ms (a sqlite transaction, an HTTP call): an epoch's metrics wait for the task's
+        # result (or EPOCH_FLUSH_S), so a task costs one write, not one per epoch. A task's result
+        # carries its checkpoint and is sent before Ray registers that checkpoint: a driver killed
+        # meanwhile loses only epochs that the resumed trial reports again (logged then).
+        now = time.monotonic()
+        if result.get("kind") != "epoch" or now - getattr(self, "_flushed_at", 0.0) >= EPOCH_FLUSH_S:
+            self.writer.flush()
+            self._flushed_at = now
 
     @_guarded
     def trial_complete(self, trial) -> None:
