@@ -28,6 +28,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/gradmix_overhead.py
 	$(PY) benchmarks/mnist_accuracy.py
+	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/sweep_throughput.py
 
 clean:
 	rm -rf ray_results reports/*/ mlflow.db mlartifacts .pytest_cache
