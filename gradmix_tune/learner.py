@@ -238,6 +238,9 @@ class Learner:
             for i in range(0, len(perm), bs):
                 x, y = xs[i:i + bs], ys[i:i + bs]
                 losses.append(self._step(x, y, task, new_epoch=(i == 0)))
+                if len(losses) % 100 == 0 and not torch.isfinite(losses[-1]):  # a sync every 100 steps
+                    raise DivergedError(f"loss became {float(losses[-1])} in task {task}, epoch {epoch}: "
+                                        "lower train.lr or check the data")
                 if epoch == 0 and cfg.memory.size > 0:
                     self.buffer.add(x, y, task)  # each sample is offered to the buffer once
             loss = float(torch.stack(losses).mean()) if losses else float("nan")
