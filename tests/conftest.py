@@ -1,0 +1,19 @@
+"""Shared fixtures."""
+import logging
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray (2 CPUs, no dashboard) per test module; drivers under test join it with
+    --address, so killing a driver kills only the driver."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
