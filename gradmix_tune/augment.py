@@ -1,4 +1,5 @@
-"""Policy-based augmentation baselines (AutoAugment, RandAugment, TrivialAugment).
+"""Tensor augmentations: the standard crop+flip and the policy baselines (AutoAugment, RandAugment,
+TrivialAugment).
 
 torchvision.transforms.v2 policies expect uint8 images, so a batch is un-normalised to uint8,
 augmented sample by sample (each draws its own ops) and normalised back.
@@ -41,3 +42,18 @@ class PolicyAugment:
         out = torch.stack([self.policy(img) for img in u8])
         torch.set_rng_state(state)
         return (out.float() / 255 - mean) / std
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation as tensor ops: random crop with zero padding + h-flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device).view(1, h))  # n x h
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device).view(1, w))  # n x w
+    idx_n = torch.arange(n, device=x.device).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    out = torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+    return out.contiguous()

@@ -6,8 +6,6 @@ and a fix, and is raised as ConfigError before anything expensive starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import types
 import typing
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+from .values import as_number, closest, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -320,14 +320,9 @@ def _coerce(value: Any, tp: Any, where: str | None, key: str) -> Any:
         raise ConfigError(where, key, f"expected an integer, got {value!r}",
                           f"write a whole number for {key}")
     if tp is float:
-        out = None
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):  # YAML reads 1e-3 as a string
-            try:
-                out = float(value)
-            except (ValueError, OverflowError):
-                pass
-        if out is not None and math.isfinite(out):
-            return out
+        out = as_number(value)  # YAML 1.1 reads 1e-3 as a string
+        if out is not None:
+            return float(out)
         raise ConfigError(where, key, f"expected a finite number, got {value!r}", f"write a number for {key}")
     if tp is str:
         if isinstance(value, str):
@@ -345,10 +340,10 @@ def _build(cls: type, data: dict, where: str | None, prefix: str) -> Any:
         if k not in names:
             options = [f"{prefix}{n}" for n in names]
             # the same section first (by leaf name), then a key misplaced in another section
-            near = difflib.get_close_matches(k, names, n=1, cutoff=0.6)
-            close = [f"{prefix}{near[0]}"] if near else difflib.get_close_matches(
-                key, list(_ALL_KEYS), n=1, cutoff=0.8) or [a for a in _ALL_KEYS if a.endswith("." + k)][:1]
-            fix = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(options)
+            near = closest(k, names)
+            close = (f"{prefix}{near}" if near else closest(key, _ALL_KEYS, cutoff=0.8)
+                     or next((a for a in _ALL_KEYS if a.endswith("." + k)), None))
+            fix = f"did you mean '{close}'?" if close else did_you_mean(key, options)
             raise ConfigError(where, key, "unknown key", fix)
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
@@ -369,9 +364,7 @@ def apply_method(data: dict, where: str | None) -> dict:
     if not method:
         return data
     if not isinstance(method, str) or method not in METHODS:
-        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
-        fix = f"did you mean '{close[0]}'?" if close else "one of: " + ", ".join(METHODS)
-        raise ConfigError(where, "method", f"unknown method {method!r}", fix)
+        raise ConfigError(where, "method", f"unknown method {method!r}", did_you_mean(method, METHODS, None))
     out = deep_merge({}, data)
     for k, v in METHODS[method].items():
         if not has_dotted(data, k):
@@ -384,9 +377,7 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
     flat = cfg.flat()
     for key, options in CHOICES.items():
         if flat[key] not in options:
-            close = difflib.get_close_matches(str(flat[key]), options, n=1)
-            fix = f"did you mean '{close[0]}'?" if close else "one of: " + ", ".join(options)
-            raise ConfigError(where, key, f"unknown value {flat[key]!r}", fix)
+            raise ConfigError(where, key, f"unknown value {flat[key]!r}", did_you_mean(flat[key], options, None))
     positive = ["data.tasks", "train.epochs", "train.batch_size", "train.eval_batch_size",
                 "mixing.probes_per_class", "memory.retrieval_candidates", "data.image_size", "model.nf"]
     for key in positive:
@@ -441,8 +432,6 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
         if cfg.data.tasks > n:
             raise ConfigError(where, "data.tasks", f"{cfg.data.tasks} tasks but only {n} classes",
                               f"use at most {n} tasks")
-    if cfg.mixing.gradient_scope == "full" and cfg.mixing.selection != "gradient":
-        pass  # harmless: only read by the gradient selection
     return cfg
 
 
@@ -471,5 +460,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return from_dict(data, where)
 
 
+DATA_ROOT_ENV = "GRADMIX_DATA_ROOT"
+OFFLINE_DATASETS = ("digits", "npz", "image_folder")  # need no data root
+
+
+def default_data_root() -> str:
+    """`$GRADMIX_DATA_ROOT`, else ./data: where a config without `data.root` looks."""
+    return os.environ.get(DATA_ROOT_ENV) or "data"
+
+
 def data_root(cfg: ExperimentConfig) -> str:
-    return cfg.data.root or os.environ.get("GRADMIX_DATA_ROOT") or "data"
+    """`data.root`, else the default (the one rule, for single runs and studies alike)."""
+    return cfg.data.root or default_data_root()
+
+
+def absolute_data_paths(data: dict, root: str | None = None) -> None:
+    """Make a raw config dict's data paths absolute, in place (Ray workers run in their trial
+    folder): `root` (e.g. --data-root) wins, else data.root, else the default root; data.path too."""
+    d = data.get("data", {})
+    if not isinstance(d, dict):
+        return  # from_dict reports it
+    d = dict(d)
+    if root:
+        d["root"] = str(Path(root).expanduser().resolve())
+    elif isinstance(d.get("root"), str) and d["root"]:
+        d["root"] = str(Path(d["root"]).expanduser().resolve())
+    elif d.get("name", "digits") not in OFFLINE_DATASETS:
+        d["root"] = str(Path(default_data_root()).expanduser().resolve())
+    if isinstance(d.get("path"), str) and d["path"]:
+        d["path"] = str(Path(d["path"]).expanduser().resolve())
+    if d:
+        data["data"] = d

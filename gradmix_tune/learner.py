@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .augment import PolicyAugment
+from .augment import PolicyAugment, augment_batch
 from .config import ExperimentConfig
-from .data import Benchmark, augment_batch, load_benchmark
+from .data import Benchmark, load_benchmark
 from .losses import proxy_contrastive_loss, proxy_drift, proxy_logits
 from .memory import Buffer, retrieve
 from .mixing import MixContext, Mixer
@@ -164,7 +164,7 @@ class Learner:
         earlier tasks it holds), the task's data for the current ones. Returns x, y, is_old."""
         rng = self.mixer.rng
         current = self.bench.task_classes[self.next_task]
-        labels = np.asarray(self.buffer._labels[: len(self.buffer)])
+        labels = np.asarray(self.buffer.labels())
         old_classes = sorted(set(labels.tolist()) - set(current))
         buf = [rng.choice(np.flatnonzero(labels == c), k) for c in old_classes]
         cur = [rng.choice(self._by_class[c], k) for c in current]

@@ -103,6 +103,10 @@ class Buffer:
     def class_counts(self) -> dict[int, int]:
         return dict(sorted(self._counts.items()))
 
+    def labels(self) -> list[int]:
+        """The label of each filled slot, host-side (no device sync)."""
+        return self._labels[: self.n]
+
     def state_dict(self) -> dict:
         return {"size": self.size, "policy": self.policy, "n": self.n, "seen": self.seen,
                 # clones: a checkpoint kept in memory must not follow the live buffer

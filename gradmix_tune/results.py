@@ -19,27 +19,42 @@ scheduler always finds its metric.
 from __future__ import annotations
 
 import json
-import math
+from typing import TYPE_CHECKING, Any
 
 from . import metrics
-from .learner import EpochRecord, Learner, TaskRecord
 
-SUMMARY_KEYS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt", "wall_time_s")
-DIAG_KEYS = ("frac_mixed", "frac_pairs_helpful", "selection_time_s", "refresh_time_s", "refreshes")
+if TYPE_CHECKING:  # results.py stays torch-free: study parsing and reports import the vocabulary
+    from .learner import EpochRecord, Learner, TaskRecord
+
+# ---- the one vocabulary of metric names (sweep, tracking and report all read these)
+# final metrics of a whole run -> the direction that is better (the study's `mode` default)
+METRICS: dict[str, str] = {"final_avg_acc": "max", "avg_incremental_acc": "max", "forgetting": "min",
+                           "bwt": "max", "wall_time_s": "min"}
+ACCURACY_METRICS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt")  # METRICS less time
+SUMMARY_KEYS = tuple(METRICS)
+CURVE_METRICS = ("peak_epoch", "peak_acc", "u_shape_drop")  # metrics.u_shape of the last task
+FINAL_METRICS = SUMMARY_KEYS + CURVE_METRICS  # logged once, on the last task
+# present in every intermediate result: what a scheduler (ASHA) may stop on
+SCHEDULER_METRICS = ("avg_acc", "seen_acc")
+EPOCH_METRICS = ("seen_acc", "loss", "epoch_time_s")  # plus the diagnostics a mixer reports
+LABELS = {"final_avg_acc": "final average accuracy", "avg_incremental_acc": "average incremental accuracy",
+          "forgetting": "forgetting", "bwt": "backward transfer (BWT)", "wall_time_s": "wall time (s)"}
+# result bookkeeping, never a metric
+BOOKKEEPING = ("kind", "task", "tasks_done", "global_epoch", "epoch", "final", "accuracy_matrix", "s_matrix")
 
 
-def _clean(v: float) -> float:
+def _clean(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def epoch_result(rec: EpochRecord, last_avg_acc: float) -> dict:
+def epoch_result(rec: "EpochRecord", last_avg_acc: float) -> dict:
     out = {"kind": "epoch", "task": rec.task, "epoch": rec.epoch, "global_epoch": rec.global_epoch,
            "seen_acc": rec.seen_acc, "loss": rec.loss, "epoch_time_s": rec.time_s, "avg_acc": last_avg_acc}
     out.update({k: _clean(v) for k, v in rec.diagnostics.items()})
     return out
 
 
-def task_result(rec: TaskRecord, learner: Learner) -> dict:
+def task_result(rec: "TaskRecord", learner: "Learner") -> dict:
     """The dict for one finished task; `learner` is what Hooks.on_task receives."""
     acc, num_tasks, s_matrix = learner.acc, learner.bench.num_tasks, learner.s_matrix()
     global_epoch, wall_time_s = len(learner.epochs), learner.elapsed
@@ -55,6 +70,3 @@ def task_result(rec: TaskRecord, learner: Learner) -> dict:
                     "s_matrix": json.dumps(s_matrix) if s_matrix is not None else ""})
     return out
 
-
-def is_finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

@@ -7,7 +7,8 @@ import torch
 from fixtures import (class_colour, write_cifar10, write_cifar100, write_fashion_mnist, write_image_folder,
                       write_mnist, write_npz, write_tiny_imagenet)
 from gradmix_tune.config import ConfigError, load_config
-from gradmix_tune.data import STATS, augment_batch, class_order, load_benchmark, split_classes
+from gradmix_tune.augment import augment_batch
+from gradmix_tune.data import STATS, class_order, load_benchmark, split_classes
 
 
 def bench(*sets):
