@@ -27,6 +27,8 @@ def _table(result) -> str:
               f"  forgetting               {result.forgetting:.4f}",
               f"  backward transfer (BWT)  {result.bwt:.4f}",
               f"  wall time                {result.wall_time_s:.1f} s"]
+    if result.val_metrics:  # held-out part of the training data (data.val_fraction)
+        lines.append(f"  validation final avg acc {result.val_metrics['val_final_avg_acc']:.4f}")
     u = result.u_shape
     if len(result.epochs) > len(a) and u:  # several epochs per task: where the last task peaked
         lines.append(f"  last task's peak epoch   {u['peak_epoch']:.0f} (acc {u['peak_acc']:.4f}, "

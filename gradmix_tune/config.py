@@ -46,6 +46,9 @@ class DataConfig:
     augment: bool = False  # random crop + flip for image datasets (CIFAR-like)
     normalize: bool = True
     download: bool = True
+    # held out of each task's training data for val_* metrics and early stopping; None = 0.1
+    # when a study searches or train.early_stop_on is val, else 0 (nothing held out)
+    val_fraction: float | None = None
 
 
 @dataclass
@@ -73,7 +76,6 @@ class TrainConfig:
     loss: str = "ce"
     temperature: float = 0.09  # proxy_contrastive
     early_stop_on: str = "none"  # none | val: stop a task's epochs when held-out accuracy stops rising
-    val_fraction: float = 0.1  # of each task's training data, held out when early_stop_on: val
     patience: int = 3  # epochs without improvement before stopping
 
 
@@ -399,8 +401,12 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
         raise ConfigError(where, "train.lr", f"must be positive, got {cfg.train.lr}", "e.g. 0.1")
     if cfg.train.temperature <= 0:
         raise ConfigError(where, "train.temperature", "must be positive", "e.g. 0.09")
-    if not 0 < cfg.train.val_fraction < 1:
-        raise ConfigError(where, "train.val_fraction", "must be in (0, 1)", "e.g. 0.1")
+    vf = cfg.data.val_fraction
+    if vf is not None and not 0 <= vf < 1:
+        raise ConfigError(where, "data.val_fraction", f"must be in [0, 1), got {vf}", "e.g. data.val_fraction: 0.1")
+    if cfg.train.early_stop_on == "val" and vf == 0:
+        raise ConfigError(where, "train.early_stop_on", "early stopping on val needs held-out data, "
+                          "but data.val_fraction is 0", "set data.val_fraction: 0.1 (or leave it unset)")
     if cfg.train.patience < 1:
         raise ConfigError(where, "train.patience", "must be at least 1", "e.g. 3")
     if cfg.memory.retrieval != "random" and cfg.memory.retrieval_candidates < cfg.memory.replay_batch_size:
@@ -467,6 +473,13 @@ OFFLINE_DATASETS = ("digits", "npz", "image_folder")  # need no data root
 def default_data_root() -> str:
     """`$GRADMIX_DATA_ROOT`, else ./data: where a config without `data.root` looks."""
     return os.environ.get(DATA_ROOT_ENV) or "data"
+
+
+def val_fraction(cfg: ExperimentConfig) -> float:
+    """The effective held-out fraction (data.val_fraction; unset: 0.1 if early stopping on val)."""
+    if cfg.data.val_fraction is not None:
+        return cfg.data.val_fraction
+    return 0.1 if cfg.train.early_stop_on == "val" else 0.0
 
 
 def data_root(cfg: ExperimentConfig) -> str:

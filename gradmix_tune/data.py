@@ -282,3 +282,23 @@ def load_benchmark(cfg: ExperimentConfig, device: torch.device | str = "cpu") ->
     bench = Benchmark(name, train, test, n_classes, tasks, augment=cfg.data.augment and train.x.dim() == 4,
                       mean=mean, std=std)
     return bench.to(device)
+
+
+def validation_split(bench: Benchmark, fraction: float, seed: int) -> list[torch.Tensor]:
+    """Per task, the training indices held out for validation: `fraction` of each class (at
+    least one sample), drawn once from `seed` by a generator of its own, so the split is fixed
+    per seed and the training draws do not depend on it. Never overlaps what is trained on."""
+    gen = torch.Generator().manual_seed(int(seed) + 7_919)
+    y = bench.train.y.cpu()
+    out = []
+    for classes in bench.task_classes:
+        held = []
+        for c in classes:
+            idx = torch.nonzero(y == c).flatten()
+            if len(idx) < 2:
+                continue  # a single sample stays in training
+            n_val = max(1, int(len(idx) * fraction))
+            held.append(idx[torch.randperm(len(idx), generator=gen)[:n_val]])
+        val = torch.sort(torch.cat(held)).values if held else torch.empty(0, dtype=torch.int64)
+        out.append(val.to(bench.train.y.device))
+    return out

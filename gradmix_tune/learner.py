@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from . import metrics
 from .augment import PolicyAugment, augment_batch
-from .config import ExperimentConfig
-from .data import Benchmark, load_benchmark
+from .config import ExperimentConfig, val_fraction
+from .data import Benchmark, load_benchmark, validation_split
 from .losses import proxy_contrastive_loss, proxy_drift, proxy_logits
 from .memory import Buffer, retrieve
 from .mixing import MixContext, Mixer
@@ -47,6 +47,7 @@ class TaskRecord:
     avg_acc: float
     time_s: float
     diagnostics: dict[str, float] = field(default_factory=dict)
+    val_accuracies: list[float] = field(default_factory=list)  # the same on held-out training data
 
 
 @dataclass
@@ -71,10 +72,15 @@ class RunResult:
     s_matrix: list[list[float]] | None
     config: dict
     u_shape: dict[str, float] = field(default_factory=dict)  # over the last task's epochs
+    val_matrix: list[list[float]] = field(default_factory=list)  # held-out twin of accuracy_matrix
+    val_metrics: dict[str, float] = field(default_factory=dict)  # val_final_avg_acc, ...
 
     def summary(self) -> dict:
-        return {k: getattr(self, k) for k in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
-                                               "accuracy_matrix", "wall_time_s", "config")}
+        out = {k: getattr(self, k) for k in ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt",
+                                              "accuracy_matrix", "wall_time_s", "config")}
+        if self.val_matrix:
+            out.update(self.val_metrics, val_accuracy_matrix=self.val_matrix)
+        return out
 
 
 def pick_device(name: str) -> torch.device:
@@ -117,7 +123,9 @@ class Learner:
         self.tasks: list[dict] = []
         self.next_task = 0
         self.elapsed = 0.0
-        self.val_idx: list[list[int]] = []  # held-out training indices per task (early_stop_on: val)
+        frac = val_fraction(cfg)  # held-out training indices per task: val_* metrics, early stopping
+        self.val_idx = validation_split(self.bench, frac, cfg.seed) if frac > 0 else None
+        self.val_acc: list[list[float]] = []
 
     # ------------------------------------------------------------------ model outputs
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +144,9 @@ class Learner:
     @torch.no_grad()
     def accuracy(self, classes: list[int], split: str = "test", idx: torch.Tensor | None = None) -> float:
         data = self.bench.test if split == "test" else self.bench.train
+        if split == "val":  # the held-out part of the training data of these classes
+            held = torch.cat(self.val_idx) if self.val_idx else torch.empty(0, dtype=torch.int64)
+            idx = held[torch.isin(data.y[held], torch.tensor(classes, device=data.y.device))]
         if idx is None:
             idx = torch.nonzero(torch.isin(data.y, torch.tensor(classes, device=data.y.device))).flatten()
         if len(idx) == 0:
@@ -211,15 +222,10 @@ class Learner:
         cfg, bench = self.cfg, self.bench
         t_task = time.perf_counter()
         self._task_idx = bench.task_indices("train", task)
+        if self.val_idx is not None:  # never train on the held-out part
+            self._task_idx = self._task_idx[~torch.isin(self._task_idx, self.val_idx[task])]
         early = cfg.train.early_stop_on == "val"
-        if early:  # hold out a fixed slice of this task's training data
-            if len(self.val_idx) <= task:
-                perm = torch.randperm(len(self._task_idx), generator=self.gen)
-                n_val = max(1, int(len(perm) * cfg.train.val_fraction))
-                self.val_idx.append(self._task_idx[perm[:n_val].to(self.device)].tolist())
-            held = torch.tensor(self.val_idx[task], device=self.device)
-            self._task_idx = self._task_idx[~torch.isin(self._task_idx, held)]
-            val_all = torch.tensor([i for t in range(task + 1) for i in self.val_idx[t]], device=self.device)
+        if early:
             best, best_state, stale = -1.0, None, 0
         head_before = self.model.head.weight.detach().clone()
         ytr = bench.train.y[self._task_idx]
@@ -251,15 +257,15 @@ class Learner:
             task_diag = diag
             seen_acc = self.accuracy(seen) if (cfg.train.eval_every_epoch or epoch == cfg.train.epochs - 1) \
                 else float("nan")
-            if early:
-                diag = {**diag, "val_acc": self.accuracy(seen, "train", val_all)}
+            if self.val_idx is not None and (early or cfg.train.eval_every_epoch or epoch == cfg.train.epochs - 1):
+                diag = {**diag, "val_seen_acc": self.accuracy(seen, "val")}
             rec = EpochRecord(task, epoch, len(self.epochs) + 1, seen_acc, loss, time.perf_counter() - t0, diag)
             self.epochs.append(asdict(rec))
             if hooks.on_epoch:
                 hooks.on_epoch(rec)
             if early:
-                if diag["val_acc"] > best:
-                    best, stale = diag["val_acc"], 0
+                if diag["val_seen_acc"] > best:
+                    best, stale = diag["val_seen_acc"], 0
                     best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 else:
                     stale += 1
@@ -271,8 +277,12 @@ class Learner:
         task_diag = {**task_diag, "proxy_drift": proxy_drift(head_before, self.model.head.weight.detach(), old)}
         row = [self.accuracy(bench.task_classes[j]) for j in range(task + 1)]
         self.acc.append(row)
+        val_row = [self.accuracy(bench.task_classes[j], "val") for j in range(task + 1)] \
+            if self.val_idx is not None else []
+        if val_row:
+            self.val_acc.append(val_row)
         self.next_task = task + 1
-        rec = TaskRecord(task, row, sum(row) / len(row), time.perf_counter() - t_task, task_diag)
+        rec = TaskRecord(task, row, sum(row) / len(row), time.perf_counter() - t_task, task_diag, val_row)
         self.tasks.append(asdict(rec))
         self.elapsed += time.perf_counter() - t_task
         if hooks.on_task:
@@ -284,7 +294,7 @@ class Learner:
                 "buffer": self.buffer.state_dict(), "mixer": self.mixer.state_dict(),
                 "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "acc": self.acc, "epochs": self.epochs, "tasks": self.tasks,
-                "next_task": self.next_task, "elapsed": self.elapsed, "val_idx": self.val_idx}
+                "next_task": self.next_task, "elapsed": self.elapsed, "val_acc": self.val_acc}
 
     def load_state_dict(self, s: dict) -> None:
         self.model.load_state_dict(s["model"])
@@ -294,7 +304,7 @@ class Learner:
         self.gen.set_state(s["gen"])
         torch.set_rng_state(s["torch_rng"])
         self.acc, self.epochs, self.tasks = s["acc"], s["epochs"], s["tasks"]
-        self.next_task, self.elapsed, self.val_idx = s["next_task"], s["elapsed"], s.get("val_idx", [])
+        self.next_task, self.elapsed, self.val_acc = s["next_task"], s["elapsed"], s.get("val_acc", [])
 
     def s_matrix(self) -> list[list[float | None]] | None:
         """GradMix's pair scores from the last refresh (None = class not seen then)."""
@@ -310,7 +320,9 @@ class Learner:
     def result(self) -> RunResult:
         return RunResult(accuracy_matrix=self.acc, wall_time_s=self.elapsed, epochs=self.epochs,
                          tasks=self.tasks, s_matrix=self.s_matrix(), config=self.cfg.to_dict(),
-                         u_shape=self.u_shape(), **metrics.summarize(self.acc))
+                         u_shape=self.u_shape(), val_matrix=self.val_acc,
+                         val_metrics=metrics.summarize(self.val_acc, prefix="val_") if self.val_acc else {},
+                         **metrics.summarize(self.acc))
 
 
 def run(cfg: ExperimentConfig, hooks: Hooks | None = None, resume: dict | None = None,

@@ -4,7 +4,8 @@ A[i][j] = test accuracy on task j's classes after training task i (0-based here)
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Mapping, Sequence
 
 Matrix = Sequence[Sequence[float]]
 
@@ -35,9 +36,10 @@ def bwt(a: Matrix) -> float:
     return sum(a[t][j] - a[j][j] for j in range(t)) / t
 
 
-def summarize(a: Matrix) -> dict[str, float]:
-    return {"final_avg_acc": final_avg_acc(a), "avg_incremental_acc": avg_incremental_acc(a),
-            "forgetting": forgetting(a), "bwt": bwt(a)}
+def summarize(a: Matrix, prefix: str = "") -> dict[str, float]:
+    """The four CIL numbers of a matrix; prefix "val_" names the held-out twins."""
+    return {f"{prefix}final_avg_acc": final_avg_acc(a), f"{prefix}avg_incremental_acc": avg_incremental_acc(a),
+            f"{prefix}forgetting": forgetting(a), f"{prefix}bwt": bwt(a)}
 
 
 def u_shape(curve: Sequence[float]) -> dict[str, float]:
@@ -51,3 +53,25 @@ def u_shape(curve: Sequence[float]) -> dict[str, float]:
     peak = max(range(len(vals)), key=lambda i: (vals[i], -i))
     return {"peak_epoch": float(peak + 1), "peak_acc": vals[peak], "final_acc": vals[-1],
             "u_shape_drop": vals[peak] - vals[-1]}
+
+
+def curve_peak(steps: Sequence[int], accs: Sequence[float | None], epochs_per_task: int | None = None,
+               task_of: Mapping[int, int] | None = None) -> dict:
+    """`u_shape` of a seen-class accuracy curve over global epochs `steps`, within its last task
+    (where the seen classes, hence the test set, no longer change): the same peak as the learner's
+    peak_epoch, given here as its global epoch; also the mean within-task drop over all tasks. The
+    task of a global epoch: `task_of[step]` when known, else (step - 1) // epochs_per_task."""
+    pts = [(s, a) for s, a in zip(steps, accs) if a is not None and math.isfinite(a)]
+    if not pts:
+        return {"peak_epoch": None, "peak_acc": float("nan"), "final_acc": float("nan"), "drop": float("nan"),
+                "mean_task_drop": float("nan")}
+    e = epochs_per_task if epochs_per_task and epochs_per_task > 0 else len(pts)
+    by_task: dict[int, list] = {}
+    for s, a in pts:
+        t = task_of.get(s) if task_of else None
+        by_task.setdefault(int(t) if t is not None else (s - 1) // e, []).append((s, a))
+    last = by_task[max(by_task)]
+    u = u_shape([a for _, a in last])
+    drops = [u_shape([a for _, a in v])["u_shape_drop"] for v in by_task.values()]
+    return {"peak_epoch": int(last[int(u["peak_epoch"]) - 1][0]), "peak_acc": u["peak_acc"],
+            "final_acc": u["final_acc"], "drop": u["u_shape_drop"], "mean_task_drop": sum(drops) / len(drops)}

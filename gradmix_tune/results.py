@@ -1,5 +1,5 @@
-"""Learner records -> flat result dicts: the one contract between the trainable (sweep.py),
-the MLflow callback (tracking.py) and the report (report.py).
+"""Learner records -> flat result dicts: the one contract between the trainable (sweep),
+the MLflow loggers (tracking) and the report (report); the one vocabulary of metric names.
 
 Every dict has `kind` ("epoch" | "task") and only scalar values (lists go as JSON strings), so
 Ray Tune, its schedulers and MLflow can take it as it is.
@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # results.py stays torch-free: study parsing and reports impo
 METRICS: dict[str, str] = {"final_avg_acc": "max", "avg_incremental_acc": "max", "forgetting": "min",
                            "bwt": "max", "wall_time_s": "min"}
 ACCURACY_METRICS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt")  # METRICS less time
+# their twins on the held-out part of each task's training data (data.val_fraction > 0): what a
+# search may optimise; the test metrics above are only reported
+VAL_METRICS: dict[str, str] = {f"val_{k}": v for k, v in METRICS.items() if k != "wall_time_s"}
 SUMMARY_KEYS = tuple(METRICS)
 CURVE_METRICS = ("peak_epoch", "peak_acc", "u_shape_drop")  # metrics.u_shape of the last task
 FINAL_METRICS = SUMMARY_KEYS + CURVE_METRICS  # logged once, on the last task
@@ -41,6 +44,12 @@ LABELS = {"final_avg_acc": "final average accuracy", "avg_incremental_acc": "ave
           "forgetting": "forgetting", "bwt": "backward transfer (BWT)", "wall_time_s": "wall time (s)"}
 # result bookkeeping, never a metric
 BOOKKEEPING = ("kind", "task", "tasks_done", "global_epoch", "epoch", "final", "accuracy_matrix", "s_matrix")
+# what Ray Tune adds to every reported result (and the sweep's trial index): never a metric either
+TUNE_KEYS = ("done", "index", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+             "time_since_restore", "iterations_since_restore", "timesteps_total", "episodes_total",
+             "timesteps_since_restore", "pid", "date", "hostname", "node_ip", "trial_id", "experiment_id",
+             "should_checkpoint", "checkpoint_dir_name", "experiment_tag", "config")
+NOT_METRICS = frozenset(BOOKKEEPING + TUNE_KEYS)
 
 
 def _clean(v: Any) -> float:
@@ -61,9 +70,14 @@ def task_result(rec: "TaskRecord", learner: "Learner") -> dict:
     out = {"kind": "task", "task": rec.task, "tasks_done": rec.task + 1, "global_epoch": global_epoch,
            "avg_acc": rec.avg_acc, "task_time_s": rec.time_s, "accuracy_matrix": json.dumps(acc)}
     out.update({f"acc_task_{j}": a for j, a in enumerate(rec.accuracies)})
+    if rec.val_accuracies:  # the held-out twins, so a scheduler can stop on validation
+        out["val_avg_acc"] = sum(rec.val_accuracies) / len(rec.val_accuracies)
+        out.update({f"val_acc_task_{j}": a for j, a in enumerate(rec.val_accuracies)})
     out.update({k: _clean(v) for k, v in rec.diagnostics.items()})
     if rec.task + 1 == num_tasks:
         out.update(metrics.summarize(acc))
+        if learner.val_acc:
+            out.update(metrics.summarize(learner.val_acc, prefix="val_"))
         u = learner.u_shape()
         out.update({"peak_epoch": u["peak_epoch"], "peak_acc": u["peak_acc"], "u_shape_drop": u["u_shape_drop"]})
         out.update({"final": 1, "wall_time_s": wall_time_s,

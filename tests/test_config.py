@@ -410,6 +410,7 @@ VALID = {
     "data.class_order": st.none() | st.permutations(list(range(10))),
     "data.train_per_class": st.integers(0, 5000),
     "data.test_per_class": st.integers(0, 5000),
+    "data.val_fraction": st.none() | st.floats(0.05, 0.5, **finite),
     "model.hidden": st.lists(st.integers(1, 1024), max_size=4),
     "model.dropout": st.floats(0, 0.9, **finite),
     "train.lr": st.floats(1e-6, 10, **finite),
@@ -457,6 +458,7 @@ WRONG = {
     list[int]: st.integers() | plain_text | st.booleans() | dicts | st.lists(st.booleans() | scalars_text, min_size=1, max_size=3),
     typing.Optional[list[int]]: st.integers() | plain_text | st.booleans() | dicts
     | st.lists(st.booleans() | scalars_text, min_size=1, max_size=3),
+    typing.Optional[float]: st.booleans() | scalars_text | lists | dicts,
     typing.Union[int, str]: st.booleans() | non_integral | lists | dicts | st.none(),
     typing.Union[float, str]: st.booleans() | lists | dicts | st.none(),
     "section": st.integers() | st.floats() | st.booleans() | plain_text | lists,
