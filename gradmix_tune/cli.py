@@ -83,6 +83,77 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep.study import load_study, trial_table  # no ray, no torch: --dry-run stays fast
+
+    study = load_study(args.ablation, args.set, data_root=args.data_root, storage=args.storage,
+                       tracking_uri=args.tracking_uri)
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume", None, "--resume and --overwrite contradict each other", "pick one")
+    for flag in ("max_concurrent", "num_cpus", "num_gpus"):
+        v = getattr(args, flag)
+        if v is not None and v < (1 if flag == "max_concurrent" else 0):
+            raise ConfigError(f"--{flag.replace('_', '-')}", None, f"got {v}", "a positive number")
+    if args.dry_run:
+        print(trial_table(study))
+        return 0
+    from .sweep.runner import run_study
+
+    outcome = run_study(study, resume=args.resume, overwrite=args.overwrite, max_concurrent=args.max_concurrent,
+                        num_cpus=args.num_cpus, num_gpus=args.num_gpus, address=args.address,
+                        storage_given=args.storage is not None, dashboard=args.dashboard,
+                        reports_dir=args.reports)
+    return outcome.exit_code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, build_comparison, build_report
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if len(args.study) > 1 and not args.compare:
+        raise ConfigError("gradmix-tune report", None, f"{len(args.study)} studies given",
+                          "add --compare for one report over them, or give one study")
+    if args.compare and len(args.study) < 2:
+        raise ConfigError("gradmix-tune report", "--compare", "needs at least two studies", "gradmix-tune report A B --compare")
+    try:
+        if args.compare:
+            if args.experiment or args.parent_run or args.log_to_parent:
+                raise ConfigError("gradmix-tune report", "--compare", "--experiment, --parent-run and --log-to-parent name one study",
+                                  "leave them out: each study's latest parent run is used")
+            folder = build_comparison(args.study, uri, args.out, name=args.name, ui_url=args.ui_url)
+            res = json.loads((folder / "summary.json").read_text())["comparison"]
+            print(f"wrote {folder / 'report.md'}, {folder / 'report.html'} and {folder / 'table.tex'}: "
+                  f"{len(res['shared_arms'])} arms shared by {len(res['studies'])} studies")
+            return 0
+        folder = build_report(args.study[0], uri, args.out, experiment=args.experiment,
+                              parent_run_id=args.parent_run, log_to_parent=args.log_to_parent, ui_url=args.ui_url)
+    except ReportError as e:
+        raise ConfigError(uri, None, str(e), "check the study name, --experiment and --tracking-uri "
+                          "(or MLFLOW_TRACKING_URI)") from None
+    res = json.loads((folder / "summary.json").read_text())
+    print(f"wrote {folder / 'report.md'} and {folder / 'report.html'}: {res['n_runs']} runs in "
+          f"{len(res['arms'])} arms, {len(res['failed'])} failed or unfinished")
+    return 0
+
+
+def _wait_until_answering(url: str, proc, timeout_s: float = 120.0) -> bool:
+    """Poll the server until it answers (mlflow ui takes a while to accept connections)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """`mlflow ui` on the tracking store, bound to 127.0.0.1 unless --host says otherwise."""
     import os
@@ -99,44 +170,152 @@ def cmd_ui(args: argparse.Namespace) -> int:
               file=sys.stderr)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} ({uri}); Ctrl-C to stop", flush=True)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host}:{args.port}"
+    print(f"starting the MLflow UI for {uri} ...", flush=True)
+    proc = subprocess.Popen(cmd, env=os.environ.copy())
     try:
-        return subprocess.call(cmd, env=os.environ.copy())
+        if not _wait_until_answering(f"{url}/health", proc):
+            code = proc.poll()
+            proc.terminate()
+            print(f"error: the MLflow UI did not start on {url} (exit {code}). Fix: pick a free --port",
+                  file=sys.stderr)
+            return 1
+        print(f"MLflow UI ready on {url}; Ctrl-C to stop", flush=True)
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
         return 0
+
+
+# ---------------------------------------------------------------------------- argument parsing
+TRACKING_HELP = "MLflow tracking URI (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+DATA_ROOT_HELP = "dataset folder (else data.root, else $GRADMIX_DATA_ROOT, else ./data)"
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """--help shows every option's default (those that have one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradmix-tune")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gradmix-tune",
+        prog="gradmix-tune", formatter_class=_Help,
         description="Class-incremental learning with replay and GradMix. "
                     "`gradmix-tune ABLATION.yaml` runs a study (same as `gradmix-tune sweep`).")
+    p.add_argument("--version", action="version", version=f"gradmix-tune {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    r = sub.add_parser("run", help="run one experiment without Ray",
+
+    r = sub.add_parser("run", help="run one experiment without Ray", formatter_class=_Help,
                        description="Run one experiment (no Ray) and print its metrics table.")
     r.add_argument("config", nargs="?", help="experiment YAML (defaults: digits, mlp, ER)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. memory.size=200")
-    r.add_argument("--data-root", help="dataset folder (else $GRADMIX_DATA_ROOT, else ./data)")
+    r.add_argument("--data-root", help=DATA_ROOT_HELP)
     r.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    r.add_argument("--experiment", default="gradmix-runs", help="MLflow experiment (default: gradmix-runs)")
+    r.add_argument("--tracking-uri", help=TRACKING_HELP)
+    r.add_argument("--experiment", default="gradmix-runs", help="MLflow experiment")
     r.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
     r.set_defaults(func=cmd_run)
-    from . import report, sweep  # each adds its own subcommand (light imports only)
 
-    sweep.register(sub)
-    report.register(sub)
-    u = sub.add_parser("ui", help="open the MLflow UI on the tracking store",
-                       description="Serve the MLflow UI for the tracking store (127.0.0.1 unless --host).")
-    u.add_argument("--tracking-uri", help="else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=int, default=5000)
+    s = sub.add_parser(
+        "sweep", help="run an ablation study with Ray Tune", formatter_class=_Help,
+        description="Run an ablation study (ablations/*.yaml) with Ray Tune: every arm x seed (or the "
+                    "search's samples) as a trial, live progress, a per-arm summary, then the report. "
+                    "Exit code 0: all trials ok; 1: some failed (the others still finish); 2: bad input; "
+                    "130/143: stopped by Ctrl-C/SIGTERM (continue with --resume).")
+    s.add_argument("ablation", help="ablation YAML file")
+    s.add_argument("--dry-run", action="store_true", help="check everything, print the trial table, exit (no Ray)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the base config, e.g. train.epochs=2 (repeatable)")
+    s.add_argument("--data-root", help=DATA_ROOT_HELP)
+    s.add_argument("--max-concurrent", type=int, metavar="N", help="run at most N trials at a time")
+    s.add_argument("--num-cpus", type=int, metavar="N", help="CPUs for the local Ray (None: all)")
+    s.add_argument("--num-gpus", type=int, metavar="N", help="GPUs for the local Ray (None: all)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the interrupted study in --storage: finished trials are kept, unfinished "
+                        "and failed ones continue from their last checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="discard earlier results of this study and start over")
+    s.add_argument("--address", help="join an existing Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
+    s.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="where results and checkpoints go (None: ./ray_results); a multi-node cluster "
+                        "needs shared storage: an NFS path on every node or s3://...")
+    s.add_argument("--tracking-uri", help=TRACKING_HELP)
+    s.add_argument("--reports", default="reports", metavar="DIR", help="where the report goes")
+    s.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the local Ray")
+    s.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser("report", help="build reports/STUDY/ from the MLflow store", formatter_class=_Help,
+                         description="Build OUT/STUDY/report.md and report.html (findings, tables, tests, "
+                                     "figures) from the study's runs in MLflow. Needs only the tracking "
+                                     "store, not Ray's results. With --compare: one report over several "
+                                     "studies that share arms (OUT/compare_A_B/, with a LaTeX table).")
+    rep.add_argument("study", nargs="+", help="study name (the ablation's `name:`); several with --compare")
+    rep.add_argument("--compare", action="store_true",
+                     help="one report over the studies given, side by side on the arms they share")
+    rep.add_argument("--name", help="folder name of a --compare report (None: compare_A_B)")
+    rep.add_argument("--tracking-uri", help=TRACKING_HELP)
+    rep.add_argument("--out", default="reports", help="parent folder of the report")
+    rep.add_argument("--experiment", help="MLflow experiment (None: the study name; searched in all "
+                                          "experiments when absent)")
+    rep.add_argument("--parent-run", metavar="RUN_ID", help="report on this parent run instead of the "
+                                                           "study's latest")
+    rep.add_argument("--log-to-parent", action="store_true",
+                     help="also log the report, per-arm metrics and the findings to the parent run")
+    rep.add_argument("--ui-url", metavar="URL", help="MLflow UI that run links point to (None: the tracking "
+                                                     "server; for a local store http://127.0.0.1:5000, what "
+                                                     "`gradmix-tune ui` serves)")
+    rep.set_defaults(func=cmd_report)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on the tracking store", formatter_class=_Help,
+                       description="Serve the MLflow UI for the tracking store (127.0.0.1 unless --host); "
+                                   "says ready once the server answers.")
+    u.add_argument("--tracking-uri", help=TRACKING_HELP)
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000, help="port to serve on")
     u.set_defaults(func=cmd_ui)
     return p
 
 
+def _usage_error(argv: list[str]) -> str | None:
+    """Mistakes argparse would misread: a mistyped command taken for a study file, `--set K V`."""
+    from .values import closest
+
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        word = argv[0]
+        if not Path(word).exists() and not word.endswith((".yaml", ".yml")):
+            near = closest(word, COMMANDS)
+            fix = f"did you mean '{near}'?" if near else f"commands: {', '.join(COMMANDS)}, or a study YAML file"
+            return f"error: unknown command {word!r}. Fix: {fix}"
+    for i, a in enumerate(argv[:-1]):
+        if a == "--set" and "=" not in argv[i + 1]:
+            key = argv[i + 1]
+            val = argv[i + 2] if i + 2 < len(argv) and not argv[i + 2].startswith("-") else "VALUE"
+            return f"error: --set {key}: expected KEY=VALUE. Fix: write --set {key}={val}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    problem = _usage_error(argv)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv = ["sweep"] + argv  # `gradmix-tune ablations/x.yaml`
     parser = build_parser()

@@ -97,9 +97,14 @@ class MixingConfig:
     threshold: float = 0.0
     criterion: str = "inner"
     gradient_scope: str = "last_layer"
-    refresh_every: Union[int, str] = 10  # steps, or "epoch"
-    probes_per_class: int = 10
+    refresh_every: Union[int, str] = 10  # steps, or "epoch"; and always at a task's first step
+    probes_per_class: int = 10  # k mix parents per seen class
+    buffer_probes: int = 0  # buffer samples per old class for the buffer gradient, besides the parents; 0 = all
+    score_momentum: float = 0.0  # S <- m S + (1 - m) S_fresh across a task's refreshes; 0 = no average
     mix_rate: Union[float, str] = "matched"  # random_matched: a fraction, or GradMix's own rate
+    keep_clean: bool = False  # train on the clean batch and, besides it, the mixed samples
+    start_task: int = 0  # no mixing before this task (0: mix from the first task, as ER+Mixup)
+    balanced_alpha: float = 0.2  # balanced_mixup: lam ~ Beta(balanced_alpha, 1) (the paper: 0.1-0.3)
     remix_kappa: float = 3.0
     remix_tau: float = 0.5
 
@@ -137,7 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.early_stop_on": ("none", "val"),
     "memory.policy": ("reservoir", "class_balanced"),
     "memory.retrieval": ("random", "mir", "aligned", "balanced"),
-    "mixing.selection": ("none", "random", "random_matched", "gradient", "gradient_sample",
+    "mixing.selection": ("none", "random", "random_matched", "random_composed", "gradient", "gradient_sample",
                          "remix", "balanced_mixup"),
     "mixing.op": ("mixup", "cutmix"),
     "mixing.criterion": ("inner", "cosine"),
@@ -158,6 +163,10 @@ METHODS: dict[str, dict[str, Any]] = {
     "er_trivialaugment": {"mixing.selection": "none", "augment.policy": "trivialaugment"},
     "gradmix": {"mixing.selection": "gradient", "mixing.op": "mixup"},
     "gradmix_cutmix": {"mixing.selection": "gradient", "mixing.op": "cutmix"},
+    # GradMix's controls: random pairs mixed as often as GradMix mixes (random_matched), and
+    # moreover with GradMix's make-up of old-old / old-new / new-new pairs (random_composed)
+    "random_matched": {"mixing.selection": "random_matched", "mixing.op": "mixup", "mixing.mix_rate": "matched"},
+    "random_composed": {"mixing.selection": "random_composed", "mixing.op": "mixup"},
 }
 
 
@@ -415,6 +424,19 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
                           f"{cfg.memory.replay_batch_size}", "raise memory.retrieval_candidates")
     if cfg.mixing.alpha <= 0:
         raise ConfigError(where, "mixing.alpha", "must be positive", "e.g. mixing.alpha: 1.0")
+    mx = cfg.mixing
+    if not 0 <= mx.score_momentum < 1:
+        raise ConfigError(where, "mixing.score_momentum", f"must be in [0, 1), got {mx.score_momentum}",
+                          "e.g. mixing.score_momentum: 0.5 (0 keeps only the latest refresh)")
+    if mx.buffer_probes < 0:
+        raise ConfigError(where, "mixing.buffer_probes", f"must not be negative, got {mx.buffer_probes}",
+                          "0 takes every buffer sample of an old class that is not a mix parent")
+    if mx.start_task < 0:
+        raise ConfigError(where, "mixing.start_task", f"must not be negative, got {mx.start_task}",
+                          "0 mixes from the first task; 1 from the second")
+    if mx.balanced_alpha <= 0:
+        raise ConfigError(where, "mixing.balanced_alpha", f"must be positive, got {mx.balanced_alpha}",
+                          "e.g. mixing.balanced_alpha: 0.2 (Balanced-MixUp used 0.1-0.3)")
     mr = cfg.mixing.mix_rate
     if isinstance(mr, str) and mr != "matched" or not isinstance(mr, str) and not 0 <= mr <= 1:
         raise ConfigError(where, "mixing.mix_rate", f"got {mr!r}", "a fraction in [0, 1], or 'matched'")

@@ -20,7 +20,7 @@ from .augment import PolicyAugment, augment_batch
 from .config import ExperimentConfig, val_fraction
 from .data import Benchmark, load_benchmark, validation_split
 from .losses import proxy_contrastive_loss, proxy_drift, proxy_logits
-from .memory import Buffer, retrieve
+from .memory import Buffer, draw_probes, retrieve
 from .mixing import MixContext, Mixer
 from .models import build_model
 
@@ -115,7 +115,7 @@ class Learner:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # every sampling decision draws from it
         self.buffer = Buffer(cfg.memory.size, cfg.memory.policy, seed=cfg.seed)
-        self.mixer = Mixer(cfg.mixing, self.bench.num_classes, cfg.seed)
+        self.mixer = Mixer(cfg.mixing, self.bench.num_classes, cfg.seed, cfg.train.loss, cfg.train.temperature)
         self.policy = (PolicyAugment(cfg.augment.policy, self.bench.mean, self.bench.std, cfg.seed)
                        if cfg.augment.policy != "none" else None)
         self.acc: list[list[float]] = []
@@ -170,31 +170,19 @@ class Learner:
         counts += torch.bincount(ytr, minlength=self.bench.num_classes).float()
         return counts
 
-    def _probe(self, k: int):
-        """k samples per seen class, grouped by class: the buffer for old classes (those of
-        earlier tasks it holds), the task's data for the current ones. Returns x, y, is_old."""
-        rng = self.mixer.rng
-        current = self.bench.task_classes[self.next_task]
-        labels = np.asarray(self.buffer.labels())
-        old_classes = sorted(set(labels.tolist()) - set(current))
-        buf = [rng.choice(np.flatnonzero(labels == c), k) for c in old_classes]
-        cur = [rng.choice(self._by_class[c], k) for c in current]
-        parts_x, parts_y = [], []
-        if buf:
-            parts_x.append(self.buffer.x[torch.from_numpy(np.concatenate(buf)).to(self.device)])
-        if cur:
-            parts_x.append(self.bench.train.x[torch.from_numpy(np.concatenate(cur)).to(self.device)])
-        y = torch.tensor(np.repeat(old_classes + list(current), k), dtype=torch.int64, device=self.device)
-        old = torch.zeros(len(y), dtype=torch.bool, device=self.device)
-        old[: len(old_classes) * k] = True
-        return torch.cat(parts_x), y, old
+    def _probe(self, k: int, buffer_k: int = 0):
+        """GradMix's probes (memory.draw_probes): the buffer for old classes, the task's data for
+        the current ones, drawn with the mixer's RNG."""
+        return draw_probes(self.buffer, self.bench.train.x, self._by_class, self.bench.task_classes[self.next_task],
+                           k, self.mixer.rng, buffer_k)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, task: int, new_epoch: bool) -> torch.Tensor:
         cfg = self.cfg
         if cfg.memory.size > 0 and len(self.buffer) > 0 and cfg.memory.replay_batch_size > 0:
             m = cfg.memory
             bi = retrieve(self.model, self.buffer, x, y, m.replay_batch_size, m.retrieval,
-                          m.retrieval_candidates, task, self.gen, cfg.train.lr, m.retrieval_virtual_update)
+                          m.retrieval_candidates, task, self.gen, cfg.train.lr, m.retrieval_virtual_update,
+                          cfg.train.loss, cfg.train.temperature)
             bi = bi.to(self.device)
             x = torch.cat([x, self.buffer.x[bi]])
             y = torch.cat([y, self.buffer.y[bi]])
@@ -204,7 +192,7 @@ class Learner:
             x = self.policy(x, self.gen)
         if cfg.mixing.selection != "none":
             ctx = MixContext(self.model, self._probe, self._old_buffer_empty(task),
-                             self._counts, new_epoch)
+                             self._counts, new_epoch, task, tuple(self.bench.task_classes[task]))
             x, y_soft = self.mixer(x, y, ctx)
             loss = self.loss(x, y_soft)
         else:

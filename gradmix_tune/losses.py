@@ -18,14 +18,20 @@ def proxy_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float) -> t
 
 
 def proxy_contrastive_loss(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                           temperature: float) -> torch.Tensor:
-    """target: class indices (N) or soft targets (N x C). Negatives: classes present in the batch."""
+                           temperature: float, present: torch.Tensor | None = None,
+                           reduction: str = "mean") -> torch.Tensor:
+    """target: class indices (N) or soft targets (N x C). Negatives: classes present in the batch,
+    or the `present` mask (C, bool) when given (scores that stand in for a training batch).
+    reduction: mean | none (per-sample losses)."""
     logits = proxy_logits(h, weight, temperature)
     soft = target if target.dim() == 2 else F.one_hot(target, logits.shape[1]).to(logits.dtype)
-    present = soft.sum(dim=0) > 0
+    if present is None:
+        present = soft.sum(dim=0) > 0
+    present = present.to(logits.device).bool()
     logits = logits.masked_fill(~present.view(1, -1), float("-inf"))
     logp = torch.log_softmax(logits, dim=1).masked_fill(~present.view(1, -1), 0.0)
-    return -(soft * logp).sum(dim=1).mean()
+    per_sample = -(soft * logp).sum(dim=1)
+    return per_sample if reduction == "none" else per_sample.mean()
 
 
 def proxy_drift(before: torch.Tensor, after: torch.Tensor, classes: list[int]) -> float:

@@ -6,8 +6,15 @@ in one indexed copy per batch.
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+from . import gradients as G
+from .losses import proxy_contrastive_loss
+from .models import eval_mode
 
 
 class Buffer:
@@ -136,60 +143,126 @@ def _as_rng_state(s):
     return (s[0], tuple(s[1]), s[2])
 
 
+# ---------------------------------------------------------------------------- probes
+
+class Probes(NamedTuple):
+    """GradMix's probes. x, y, is_old: k mix parents per seen class, grouped by class, old
+    classes first. bx, by: the buffer-gradient sample of the old classes, disjoint from the
+    parents wherever the buffer holds more than k of a class."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    is_old: torch.Tensor
+    bx: torch.Tensor
+    by: torch.Tensor
+
+
+def draw_probes(buffer: Buffer, data_x: torch.Tensor, by_class: dict[int, np.ndarray], current: list[int],
+                k: int, rng: np.random.Generator, buffer_k: int = 0) -> Probes:
+    """Parents: k per seen class, without replacement where the class has k samples (the buffer
+    for old classes, those it holds that are not `current`; `data_x[by_class[c]]` for current
+    ones). Buffer-gradient sample: `buffer_k` more per old class from the samples that are not
+    parents (0 = all of them; fewer when fewer remain; the parents' pool when none remain)."""
+    labels = np.asarray(buffer.labels())
+    old_classes = sorted(set(labels.tolist()) - set(current))
+    device = data_x.device
+
+    def parents(pool: np.ndarray) -> np.ndarray:
+        return rng.choice(pool, k, replace=len(pool) < k)
+
+    par, rest = [], []
+    for c in old_classes:
+        pool = rng.permutation(np.flatnonzero(labels == c))
+        if len(pool) > k:
+            par.append(pool[:k])
+            r = pool[k:]
+        else:
+            par.append(parents(pool))
+            r = pool
+        rest.append(r if buffer_k <= 0 else r[:buffer_k])
+    cur = [parents(by_class[c]) for c in current]
+    parts = []
+    if par:
+        parts.append(buffer.x[torch.from_numpy(np.concatenate(par)).to(device)])
+    if cur:
+        parts.append(data_x[torch.from_numpy(np.concatenate(cur)).to(device)])
+    y = torch.tensor(np.repeat(old_classes + list(current), k), dtype=torch.int64, device=device)
+    old = torch.zeros(len(y), dtype=torch.bool, device=device)
+    old[: len(old_classes) * k] = True
+    rest_idx = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
+    bidx = torch.from_numpy(rest_idx).to(device)
+    by = torch.from_numpy(labels[rest_idx].astype(np.int64)).to(device)
+    return Probes(torch.cat(parts), y, old, buffer.x[bidx], by)
+
+
 # ---------------------------------------------------------------------------- retrieval
 
 def loss_change(model, cx: torch.Tensor, cy: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                lr: float, virtual_update: bool = False) -> torch.Tensor:
+                lr: float, virtual_update: bool = False, loss: str = "ce",
+                temperature: float = 0.09) -> torch.Tensor:
     """C(x) for each candidate: how much its loss would rise after an SGD step on the current batch.
 
     Closed form (default): C(x) ~ -lr <grad l(x), grad L_cur>, from the last layer's per-sample
-    gradients (no backward pass). virtual_update: the true change after a virtual SGD step on a
+    gradients of the trained loss (`loss`: ce | proxy_contrastive; no backward pass). Under the
+    proxy loss the softmax runs over the classes of the current batch and the candidates, as in
+    a training batch of both. virtual_update: the true change after a virtual SGD step on a
     functional copy of the whole model, as in the original MIR (Aljundi et al. 2019).
     """
-    import torch.nn.functional as F
-
-    from . import gradients as G
-    from .models import eval_mode
-
+    C = model.head.weight.shape[0]
+    present = torch.zeros(C, dtype=torch.bool, device=x.device)
+    present[y] = True
+    present[cy] = True
+    hg = G.head_gradients(loss, model.head, temperature, present)
+    oh, ohc = F.one_hot(y, C).float(), F.one_hot(cy, C).float()
     with eval_mode(model):
         if not virtual_update:
             with torch.no_grad():
-                h, z = model.features(x), None
-                z = model.head(h)
-                g_cur = G.mean_grad(G.residuals(z, F.one_hot(y, z.shape[1]).float()), h)
-                hc = model.features(cx)
-                zc = model.head(hc)
-                rc = G.residuals(zc, F.one_hot(cy, zc.shape[1]).float())
-                return -lr * G.inner_with(rc, hc, g_cur)
-        from torch.func import functional_call
-
+                g_cur = hg.mean_grad(model.features(x), oh)
+                return -lr * hg.inner(model.features(cx), ohc, g_cur)
         params = {k: v for k, v in model.named_parameters()}
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()), allow_unused=True)
+        grads = torch.autograd.grad(hg.loss(model, x, oh), list(params.values()), allow_unused=True)
         with torch.no_grad():
             stepped = {k: (v - lr * g if g is not None else v) for (k, v), g in zip(params.items(), grads)}
-            before = F.cross_entropy(model(cx), cy, reduction="none")
-            after = F.cross_entropy(functional_call(model, stepped, (cx,)), cy, reduction="none")
+            before = _per_sample_loss(model, dict(params), cx, ohc, loss, temperature, present)
+            after = _per_sample_loss(model, stepped, cx, ohc, loss, temperature, present)
         return after - before
+
+
+def _per_sample_loss(model, params: dict, x, y_soft, loss, temperature, present) -> torch.Tensor:
+    """The trained loss of each sample under the parameters `params` (functional call)."""
+    from torch.func import functional_call
+
+    if loss == "proxy_contrastive":
+        bb = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
+        h = functional_call(model.backbone, bb, (x,), strict=False)
+        return proxy_contrastive_loss(h, params["head.weight"], y_soft, temperature, present=present,
+                                      reduction="none")
+    return -(y_soft * F.log_softmax(functional_call(model, params, (x,), strict=False), dim=1)).sum(dim=1)
 
 
 def retrieve(model, buffer: Buffer, x: torch.Tensor, y: torch.Tensor, n: int, mode: str,
              candidates: int, task: int, gen: torch.Generator, lr: float,
-             virtual_update: bool = False) -> torch.Tensor:
-    """Indices of the replay batch. random: uniform over the buffer (ER). Otherwise from a random
-    subset of `candidates` buffer samples of earlier tasks: mir = the n largest C (gradient-
-    conflicting), aligned = the n smallest, balanced = n/2 of each (Balanced Gradient Sample Retrieval)."""
+             virtual_update: bool = False, loss: str = "ce", temperature: float = 0.09) -> torch.Tensor:
+    """Indices of the replay batch. random: n uniform over the buffer (ER). Otherwise from a random
+    subset of `candidates` buffer samples of earlier tasks, scored by `loss_change`: mir = the n
+    largest C (gradient-conflicting), aligned = the n smallest, balanced = n of each, 2n in all
+    (Balanced Gradient Sample Retrieval: N + N beside the current batch; a pool of fewer than 2n
+    candidates is taken whole). While the buffer holds no earlier task (the first task) every
+    rule replays as random does, the same n samples from the same draws."""
     if mode == "random":
         return buffer.sample(n, gen)
     pool = buffer.sample(candidates, gen, exclude_task=task).to(buffer.x.device)
-    if len(pool) <= n:
+    if len(pool) == 0:  # nothing of an earlier task: replay as ER does
+        return buffer.sample(n, gen)
+    want = 2 * n if mode == "balanced" else n
+    if len(pool) <= want:
         return pool
-    c = loss_change(model, buffer.x[pool], buffer.y[pool], x, y, lr, virtual_update)
+    c = loss_change(model, buffer.x[pool], buffer.y[pool], x, y, lr, virtual_update, loss, temperature)
     order = torch.argsort(c, descending=True, stable=True)
     if mode == "mir":
         pick = order[:n]
     elif mode == "aligned":
         pick = order[-n:]
-    else:  # balanced
-        top = (n + 1) // 2
-        pick = torch.cat([order[:top], order[len(order) - (n - top):]]) if n - top else order[:top]
+    else:  # balanced: the n most conflicting and the n most aligned (disjoint: the pool exceeds 2n)
+        pick = torch.cat([order[:n], order[len(order) - n:]])
     return pool[pick]

@@ -3,18 +3,22 @@
 `mixing.selection`:
   none            plain ER: nothing mixed
   random          ER+Mixup: every sample mixed with a random partner from the batch
-  random_matched  random partners, but only a fraction of samples mixed (GradMix's own rate
-                  in this batch when mix_rate is "matched"): separates selecting from mixing less
+  random_matched  random partners, but only as many samples mixed as GradMix would mix in this
+                  batch (mix_rate "matched") or a fixed fraction: separates selecting from mixing less
+  random_composed random partners with GradMix's composition in this batch: as many mixed, and
+                  as many old-old, old-new and new-new pairs: separates the criterion from the
+                  rebalancing toward old-class partners it brings
   gradient        GradMix: partner must form a helpful class pair, S[a, b] >= threshold
   gradient_sample per-sample criterion: score each candidate mix with one extra no-grad forward
   remix           Remix (Chou et al. 2020): labels pushed toward the minority class
-  balanced_mixup  Balanced-MixUp (Galdran et al. 2021): partner drawn class-balanced, lam~Beta(a, 1)
+  balanced_mixup  Balanced-MixUp (Galdran et al. 2021): partner drawn class-balanced,
+                  lam ~ Beta(balanced_alpha, 1) on the instance-sampled side
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -23,6 +27,14 @@ import torch.nn.functional as F
 from . import gradients as G
 from .config import ConfigError, MixingConfig
 from .models import eval_mode
+from .selection import (PAIR_TYPES, any_partner, composed_partners, composition, decision_flips,
+                        pair_helpful_fractions, random_partner)
+
+if TYPE_CHECKING:
+    from .memory import Probes
+
+NAN = float("nan")
+SCORED = ("gradient", "random_matched", "random_composed")  # the selections that keep GradMix's S
 
 
 @dataclass
@@ -30,25 +42,51 @@ class MixContext:
     """What the learner tells the mixer about the current step."""
 
     model: torch.nn.Module
-    probe: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # k -> x, y, is_old
+    # (k, buffer_k) -> memory.Probes: k mix parents per seen class (x, y, is_old, grouped by class)
+    # and a buffer-gradient sample of the old classes disjoint from them (bx, by; buffer_k per class, 0 = all)
+    probe: Callable[[int, int], "Probes"]
     buffer_empty: bool
-    class_counts: torch.Tensor  # samples available per class (task data + buffer), float
+    class_counts: torch.Tensor | None  # samples available per class (task data + buffer), float
     new_epoch: bool
+    task: int = 0
+    current_classes: tuple[int, ...] = ()  # the current task's classes: "new"
 
 
 @dataclass
 class MixStats:
+    """Per-epoch counters; `as_dict` is what the learner logs. Every selection reports every name
+    (NaN where it does not apply: no criterion, or no two refreshes of a task yet)."""
+
+    samples: int = 0  # in the batch before mixing
     mixed: int = 0
-    samples: int = 0
-    pairs_helpful: float = float("nan")  # of the last refresh
+    current: int = 0  # samples of the current task's classes
+    current_mixed: int = 0
+    rows: int = 0  # trained rows (keep_clean: clean + mixed)
+    new_mass: float = 0.0  # label mass on the current task's classes over the trained rows
+    flips: int = 0
+    compared: int = 0
+    scored: np.ndarray = field(default_factory=lambda: np.zeros(3))  # gradient_sample, per pair type
+    accepted: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    pairs_helpful: dict[str, float] = field(default_factory=dict)  # of the last refresh
     selection_time_s: float = 0.0  # everything the selection added to the step, refreshes included
     refresh_time_s: float = 0.0
     refreshes: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        return {"frac_mixed": self.mixed / max(self.samples, 1), "frac_pairs_helpful": self.pairs_helpful,
-                "selection_time_s": self.selection_time_s, "refresh_time_s": self.refresh_time_s,
-                "refreshes": float(self.refreshes)}
+        ph = dict(self.pairs_helpful)
+        if self.scored.sum() > 0:  # gradient_sample: the candidate mixes scored this epoch
+            ph = {"all": float(self.accepted.sum() / self.scored.sum())}
+            ph.update({t: float(self.accepted[i] / self.scored[i]) if self.scored[i] else NAN
+                       for i, t in enumerate(PAIR_TYPES)})
+        out = {"frac_mixed": self.mixed / max(self.samples, 1),
+               "frac_current_mixed": self.current_mixed / self.current if self.current else NAN,
+               "new_class_label_weight": self.new_mass / self.rows if self.rows else NAN,
+               "frac_pairs_helpful": ph.get("all", NAN)}
+        out.update({f"pairs_helpful_{t}": ph.get(t, NAN) for t in PAIR_TYPES})
+        out.update({"decision_flip_rate": self.flips / self.compared if self.compared else NAN,
+                    "selection_time_s": self.selection_time_s, "refresh_time_s": self.refresh_time_s,
+                    "refreshes": float(self.refreshes)})
+        return out
 
 
 def cutmix_masks(n: int, h: int, w: int, lam: np.ndarray, rng: np.random.Generator,
@@ -74,124 +112,155 @@ def mix_inputs(xa: torch.Tensor, xb: torch.Tensor, lam: np.ndarray, op: str,
                rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
     """lam_i xa_i + (1 - lam_i) xb_i (mixup), or xb's box pasted into xa (cutmix). Returns x, lam.
 
-    lam == 1 leaves a sample untouched under both ops."""
+    lam == 1 leaves a sample untouched, bit for bit, under both ops."""
     if op == "mixup":
         shape = (-1,) + (1,) * (xa.dim() - 1)
-        lt = torch.from_numpy(lam).to(xa.device, xa.dtype).view(shape)
-        return xb + lt * (xa - xb), lam
+        lt = torch.from_numpy(np.asarray(lam)).to(xa.device, xa.dtype).view(shape)
+        return torch.where(lt == 1, xa, xb + lt * (xa - xb)), lam
     if xa.dim() != 4:
         raise ConfigError(None, "mixing.op", "cutmix needs image inputs (N x C x H x W)", "use mixing.op: mixup")
     mask, true_lam = cutmix_masks(xa.shape[0], xa.shape[2], xa.shape[3], lam, rng)
     return torch.where(mask.to(xa.device), xb, xa), true_lam
 
 
-def random_partner(allowed: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, a uniformly random allowed column (never itself); and whether any was allowed."""
-    allowed = allowed.copy()
-    np.fill_diagonal(allowed, False)
-    scores = rng.random(allowed.shape)
-    scores[~allowed] = -1.0
-    return scores.argmax(axis=1), allowed.any(axis=1)
-
-
-def any_partner(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random partner other than itself, for every sample."""
-    return (np.arange(n) + rng.integers(1, n, n)) % n if n > 1 else np.zeros(n, dtype=np.int64)
+def soft_targets(y: torch.Tensor, partner: torch.Tensor, lam: np.ndarray, num_classes: int) -> torch.Tensor:
+    """lam y + (1 - lam) y[partner], one-hot."""
+    oh = F.one_hot(y, num_classes).float()
+    lt = torch.from_numpy(np.asarray(lam)).to(oh.device, oh.dtype).view(-1, 1)
+    return oh[partner] + lt * (oh - oh[partner])
 
 
 class Mixer:
-    """Holds the selection state (S matrix, buffer gradient, its RNG) across steps."""
+    """Holds the selection state (S matrix, buffer gradient, its RNG) across steps.
 
-    def __init__(self, cfg: MixingConfig, num_classes: int, seed: int):
+    loss / temperature: the trained loss (`train.loss`), whose gradients the criterion uses."""
+
+    def __init__(self, cfg: MixingConfig, num_classes: int, seed: int, loss: str = "ce",
+                 temperature: float = 0.09):
         self.cfg, self.num_classes = cfg, num_classes
+        self.loss, self.temperature = loss, temperature
         self.rng = np.random.default_rng(seed)  # host-side: cheap per step, checkpointable
         self.S: torch.Tensor | None = None  # C x C, NaN for classes not seen at the last refresh
         self.helpful: np.ndarray | None = None  # C x C bool
-        self.g_buf: torch.Tensor | None = None  # C x (D+1), gradient_sample's reference
-        self.step_count = 0
+        self.class_new = np.zeros(num_classes, dtype=bool)  # at the last refresh
+        self.present = torch.zeros(num_classes, dtype=torch.bool)  # classes seen at the last refresh
+        self.g_buf: torch.Tensor | None = None  # the buffer gradient of the last refresh
+        self.task: int | None = None  # the task of the last refresh
+        self.since_refresh = 0  # steps
         self.stats = MixStats()
         self.last_partner: np.ndarray | None = None  # of the last step, for inspection and tests
         self.last_mixed: np.ndarray | None = None
+        self.last_reference: tuple[np.ndarray, np.ndarray] | None = None  # random_composed: GradMix's draw
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         return {"S": self.S, "helpful": None if self.helpful is None else torch.from_numpy(self.helpful),
-                "g_buf": self.g_buf, "step_count": self.step_count, "rng": self.rng.bit_generator.state}
+                "g_buf": self.g_buf, "since_refresh": self.since_refresh, "task": self.task,
+                "class_new": torch.from_numpy(self.class_new), "present": self.present.cpu(),
+                "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, s: dict, device: torch.device | str = "cpu") -> None:
-        self.S, self.step_count = s["S"], s["step_count"]
+        self.S, self.since_refresh, self.task = s["S"], s["since_refresh"], s["task"]
         self.g_buf = None if s["g_buf"] is None else s["g_buf"].to(device)  # used with device features
         self.helpful = None if s["helpful"] is None else s["helpful"].numpy()
+        self.class_new, self.present = s["class_new"].numpy().copy(), s["present"].clone()
         self.rng.bit_generator.state = s["rng"]
 
     def reset_stats(self) -> MixStats:
-        old, self.stats = self.stats, MixStats(pairs_helpful=self.stats.pairs_helpful)
+        old, self.stats = self.stats, MixStats(pairs_helpful=dict(self.stats.pairs_helpful))
         return old
 
     # ------------------------------------------------------------------ the step
     def __call__(self, x: torch.Tensor, y: torch.Tensor, ctx: MixContext):
         """Returns (inputs, soft targets). Only called when selection != none."""
-        sel, rng = self.cfg.selection, self.rng
-        self.step_count += 1
+        cfg, sel, rng = self.cfg, self.cfg.selection, self.rng
         t0 = time.perf_counter()
         n = x.shape[0]
         yn = y.cpu().numpy()
-        lam = rng.beta(self.cfg.alpha, 1.0 if sel == "balanced_mixup" else self.cfg.alpha, n)
-        do_mix = np.ones(n, dtype=bool)
-        if sel in ("gradient", "random_matched") and not ctx.buffer_empty and self._due(ctx):
+        is_new = np.isin(yn, np.asarray(ctx.current_classes, dtype=yn.dtype))
+        if ctx.task < cfg.start_task:  # no mixing before mixing.start_task
+            return self._finish(x, x, y, np.arange(n), np.zeros(n, dtype=bool), np.ones(n), is_new, t0)
+        if sel == "balanced_mixup":  # lam weighs the instance-sampled side
+            lam = rng.beta(cfg.balanced_alpha, 1.0, n)
+        else:
+            lam = rng.beta(cfg.alpha, cfg.alpha, n)
+        scored = sel in SCORED and not ctx.buffer_empty
+        if scored and self._due(ctx):
             self.refresh(ctx)
-        if sel in ("random", "remix"):
+        elif sel == "gradient_sample" and not ctx.buffer_empty and self._due(ctx):
+            self._refresh_buffer_grad(ctx)
+        self.since_refresh += 1
+        do_mix = np.ones(n, dtype=bool)
+        if sel in ("random", "remix") or sel in SCORED and not scored:  # first task: mix as ER+Mixup
             partner = any_partner(n, rng)
         elif sel == "gradient":
-            if ctx.buffer_empty or self.helpful is None:  # first task: nothing to protect
-                partner = any_partner(n, rng)
-            else:
-                partner, do_mix = random_partner(self.helpful[yn][:, yn], rng)
+            partner, do_mix = random_partner(self.helpful[yn][:, yn], rng)
         elif sel == "random_matched":
             partner = any_partner(n, rng)
-            k = int(round(self._matched_rate(yn) * n if not ctx.buffer_empty else n))
+            k = int(round(self._matched_rate(yn) * n))
             do_mix = np.zeros(n, dtype=bool)
             do_mix[rng.permutation(n)[:k]] = True
+        elif sel == "random_composed":
+            ref = random_partner(self.helpful[yn][:, yn], rng)  # what GradMix would choose here
+            self.last_reference = ref
+            partner, do_mix = composed_partners(is_new, composition(is_new, *ref), rng)
         elif sel == "gradient_sample":
             partner = any_partner(n, rng)
-            if not ctx.buffer_empty:
-                if self.g_buf is None or self._due(ctx):
-                    self.g_buf = self._buffer_grad(ctx)
+            if not ctx.buffer_empty:  # score the very mixes that are then trained (one box each)
                 pt = torch.from_numpy(partner).to(x.device)
-                xm, lam_m = mix_inputs(x, x[pt], lam, self.cfg.op, rng)
-                score = self._sample_scores(ctx.model, xm, self._targets(y, pt, lam_m))
-                do_mix = (score >= self.cfg.threshold).cpu().numpy()
+                xm, lam_m = mix_inputs(x, x[pt], lam, cfg.op, rng)
+                score = self._sample_scores(ctx.model, xm, soft_targets(y, pt, lam_m, self.num_classes))
+                do_mix = (score >= cfg.threshold).cpu().numpy()
+                kind = is_new.astype(int) + is_new[partner].astype(int)
+                np.add.at(self.stats.scored, kind, 1)
+                np.add.at(self.stats.accepted, kind[do_mix], 1)
+                keep = torch.from_numpy(do_mix).to(x.device).view((-1,) + (1,) * (x.dim() - 1))
+                partner = np.where(do_mix, partner, np.arange(n))
+                return self._finish(x, torch.where(keep, xm, x), y, partner, do_mix,
+                                    np.where(do_mix, lam_m, 1.0), is_new, t0)
         elif sel == "balanced_mixup":
             # class-balanced partner: a class uniformly among those in the batch, then a sample of it
             classes = np.unique(yn)
             pick = classes[rng.integers(0, len(classes), n)]
-            allowed = yn[None, :] == pick[:, None]
-            partner, do_mix = random_partner(allowed, rng)
+            partner, do_mix = random_partner(yn[None, :] == pick[:, None], rng)
         else:  # validated in config; kept for programmatic use
             raise ConfigError(None, "mixing.selection", f"unknown selection {sel!r}", "see the README")
-
+        partner = np.where(do_mix, partner, np.arange(n))  # an unmixed sample is its own partner
         lam = np.where(do_mix, lam, 1.0)
-        pt = torch.from_numpy(partner).to(x.device)
-        x_out, lam = mix_inputs(x, x[pt], lam, self.cfg.op, rng)
+        x_out, lam = mix_inputs(x, x[torch.from_numpy(partner).to(x.device)], lam, cfg.op, rng)
         lam_y = self._remix_labels(yn, partner, lam, ctx) if sel == "remix" else lam
+        return self._finish(x, x_out, y, partner, do_mix, lam_y, is_new, t0)
+
+    def _finish(self, x, x_out, y, partner, do_mix, lam_y, is_new, t0):
+        """Targets, `keep_clean` and the per-epoch counters; returns (inputs, soft targets)."""
+        n = len(partner)
+        target = soft_targets(y, torch.from_numpy(partner).to(y.device), lam_y, self.num_classes)
+        mass = lam_y * is_new + (1 - lam_y) * is_new[partner]  # label mass on new classes, per row
+        rows, new_mass = n, float(mass.sum())
+        if self.cfg.keep_clean:  # the clean batch (hard labels) and, besides it, the mixes
+            m = torch.from_numpy(do_mix).to(x.device)
+            x_out = torch.cat([x, x_out[m]])
+            target = torch.cat([F.one_hot(y, self.num_classes).to(target.dtype), target[m]])
+            rows, new_mass = n + int(do_mix.sum()), float(is_new.sum() + mass[do_mix].sum())
+        st = self.stats
+        st.samples += n
+        st.mixed += int(do_mix.sum())
+        st.current += int(is_new.sum())
+        st.current_mixed += int((do_mix & is_new).sum())
+        st.rows += rows
+        st.new_mass += new_mass
         self.last_partner, self.last_mixed = partner, do_mix
-        self.stats.mixed += int(do_mix.sum())
-        self.stats.samples += n
-        self.stats.selection_time_s += time.perf_counter() - t0
-        return x_out, self._targets(y, pt, lam_y)
+        st.selection_time_s += time.perf_counter() - t0
+        return x_out, target
 
     def _due(self, ctx: MixContext) -> bool:
-        every = self.cfg.refresh_every
-        if self.helpful is None and self.g_buf is None:
+        """Refresh at a task's first step (new classes, a new set of old ones), then every
+        `refresh_every` steps of the task, or at every epoch's first step."""
+        if self.task != ctx.task or (self.helpful is None and self.g_buf is None):
             return True
-        if every == "epoch":
+        if self.cfg.refresh_every == "epoch":
             return ctx.new_epoch
-        return (self.step_count - 1) % int(every) == 0
-
-    def _targets(self, y: torch.Tensor, partner: torch.Tensor, lam: np.ndarray) -> torch.Tensor:
-        oh = F.one_hot(y, self.num_classes).float()
-        lt = torch.from_numpy(np.asarray(lam)).to(oh.device, oh.dtype).view(-1, 1)
-        return oh[partner] + lt * (oh - oh[partner])
+        return self.since_refresh >= int(self.cfg.refresh_every)
 
     def _remix_labels(self, yn, partner, lam, ctx):
         """Remix: when class i outnumbers class j by kappa and lam < tau, the label is all j."""
@@ -207,49 +276,63 @@ class Mixer:
         rate = self.cfg.mix_rate
         if not isinstance(rate, str):
             return float(rate)
-        if self.helpful is None:
-            return 1.0  # GradMix mixes everything while there is no buffer
         allowed = self.helpful[yn][:, yn].copy()
         np.fill_diagonal(allowed, False)
         return float(allowed.any(axis=1).mean())
 
     # ------------------------------------------------------------------ gradient criterion
-    @staticmethod
-    def _forward(model, x: torch.Tensor, chunk: int = 2048):
-        hs, ls = [], []
-        for i in range(0, x.shape[0], chunk):
-            h = model.features(x[i:i + chunk])
-            hs.append(h)
-            ls.append(model.head(h))
-        return torch.cat(hs), torch.cat(ls)
+    def _head(self, model):
+        return G.head_gradients(self.loss, model.head, self.temperature, self.present)
 
-    def _buffer_grad(self, ctx: MixContext) -> torch.Tensor:
-        px, py, old = ctx.probe(self.cfg.probes_per_class)
+    @staticmethod
+    def _features(model, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        return torch.cat([model.features(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+    def _start_refresh(self, ctx: MixContext, py: torch.Tensor) -> None:
+        if self.task != ctx.task:
+            self.S = self.helpful = None  # a new task: new old classes, so no average with the last task's S
+        self.present = torch.zeros(self.num_classes, dtype=torch.bool)
+        self.present[py.cpu()] = True
+        self.class_new = np.isin(np.arange(self.num_classes), np.asarray(ctx.current_classes, dtype=np.int64))
+        self.task, self.since_refresh = ctx.task, 0
+        self.stats.refreshes += 1
+
+    def _refresh_buffer_grad(self, ctx: MixContext) -> None:
+        """gradient_sample's reference: the buffer gradient from k probes per old class."""
+        t0 = time.perf_counter()
+        p = ctx.probe(self.cfg.probes_per_class, self.cfg.buffer_probes)
+        self._start_refresh(ctx, p.y)
         with eval_mode(ctx.model) as model, torch.no_grad():
-            h, logits = self._forward(model, px[old])
-            return G.mean_grad(G.residuals(logits, F.one_hot(py[old], self.num_classes).float()), h)
+            self.g_buf = self._head(model).mean_grad(self._features(model, p.bx),
+                                                     F.one_hot(p.by, self.num_classes).float())
+        self.stats.refresh_time_s += time.perf_counter() - t0
 
     def _sample_scores(self, model, xm, ym) -> torch.Tensor:
         with eval_mode(model), torch.no_grad():
-            h, logits = self._forward(model, xm)
-            r = G.residuals(logits, ym)
-            s = G.inner_with(r, h, self.g_buf)
+            h, hg = self._features(model, xm), self._head(model)
+            s = hg.inner(h, ym, self.g_buf)
             if self.cfg.criterion == "cosine":
-                norms = r.norm(dim=1) * G.augment_bias(h).norm(dim=1) * self.g_buf.norm()
-                s = s / norms.clamp_min(1e-12)
+                s = s / (hg.sq_norms(h, ym, len(h), 1).sqrt() * self.g_buf.norm()).clamp_min(1e-12)
         return s
 
     def refresh(self, ctx: MixContext) -> torch.Tensor:
-        """Recompute S[a, b] for every pair of seen classes from k probe mixes per pair.
+        """Recompute S[a, b] for every pair of seen classes from k probe mixes per pair; blend it
+        into the running S (`score_momentum`) within a task; update the helpful pairs.
 
-        last_layer scope: one no-grad forward of the k probes per class; a mix's features and
-        logits are taken as the same mix of its parents' (exact for the head, a first-order
-        approximation for a nonlinear backbone), so every pair costs O(k C), not a forward.
-        full scope: real input-space mixes and full-model gradients per pair (slow, for checks).
+        Probes: k mix parents per seen class; the buffer gradient comes from a separate sample of
+        the old classes' buffer samples (`buffer_probes` a class, 0 = every one that is not a
+        parent), so its noise is independent of the mixes'. last_layer scope: one no-grad forward of the probes; a mix's features are
+        taken as the same mix of its parents' features, which is exact for mixing in feature
+        space (manifold mixup at the head) and a first-order approximation of input mixup
+        through a nonlinear backbone (see the README for measured agreement). Every pair then
+        costs O(k C), not a forward. full scope: real input-space mixes and full-model gradients
+        of the trained loss per pair (slow, for checks).
         """
         t0 = time.perf_counter()
         model, k, C = ctx.model, self.cfg.probes_per_class, self.num_classes
-        px, py, old = ctx.probe(k)
+        p = ctx.probe(k, self.cfg.buffer_probes)
+        px, py = p.x, p.y
+        self._start_refresh(ctx, py)
         m = len(py) // k
         groups = py.view(m, k)[:, 0]  # probes arrive grouped, k per class
         ia, ib = torch.triu_indices(m, m)  # unordered pairs, (a, a) included
@@ -259,61 +342,76 @@ class Mixer:
         jb = (ib.view(P, 1) * k + perm.view(1, k)).flatten().to(px.device)  # with probe perm(i) of b
         lam = self.rng.beta(self.cfg.alpha, self.cfg.alpha, P * k)
         op = self.cfg.op if px.dim() == 4 else "mixup"
+        oh = F.one_hot(py, C).float()
         with eval_mode(model):
+            hg = self._head(model)
             if self.cfg.gradient_scope == "full":
                 xm, lam = mix_inputs(px[ja], px[jb], lam, op, self.rng)
-                scores = self._full_scores(model, xm, self._pair_targets(py, ja, jb, lam),
-                                           px[old], py[old], P, k)
+                scores = self._full_scores(model, hg, xm, self._pair_targets(oh, ja, jb, lam),
+                                           p.bx, F.one_hot(p.by, C).float(), P, k)
             else:
                 if op == "cutmix":  # the label weight is the pasted box's true area
                     _, lam = cutmix_masks(P * k, px.shape[2], px.shape[3], lam, self.rng)
-                scores = self._last_layer_scores(model, px, py, old, ja, jb, lam, P, k)
-        S = torch.full((C, C), float("nan"))
+                scores = self._last_layer_scores(model, hg, px, oh, p.bx, F.one_hot(p.by, C).float(),
+                                                 ja, jb, lam, P, k)
+        fresh = torch.full((C, C), NAN)
         ca, cb = groups[ia].cpu(), groups[ib].cpu()
-        sc = scores.float().cpu()
-        S[ca, cb] = sc
-        S[cb, ca] = sc
-        self.S = S
-        self.helpful = (S >= self.cfg.threshold).numpy()  # NaN (unseen) compares False
-        self.stats.pairs_helpful = float((sc >= self.cfg.threshold).float().mean())
-        self.stats.refreshes += 1
+        fresh[ca, cb] = scores.float().cpu()
+        fresh[cb, ca] = scores.float().cpu()
+        self._update_scores(fresh)
         self.stats.refresh_time_s += time.perf_counter() - t0  # part of selection_time_s
-        return S
+        return self.S
 
-    def _pair_targets(self, py, ja, jb, lam) -> torch.Tensor:
-        oh = F.one_hot(py, self.num_classes).float()
+    def _update_scores(self, fresh: torch.Tensor) -> None:
+        """S <- mom S + (1 - mom) fresh where both are known (a new pair starts at its fresh
+        score); the helpful pairs; how many decisions flipped since the task's last refresh."""
+        mom = self.cfg.score_momentum
+        prev_S, prev_helpful = self.S, self.helpful
+        if prev_S is None or mom == 0:
+            S = fresh
+        else:
+            both = torch.isfinite(prev_S) & torch.isfinite(fresh)
+            S = torch.where(both, mom * prev_S + (1 - mom) * fresh, fresh)
+        self.S = S
+        seen = torch.isfinite(S).numpy()
+        self.helpful = (S >= self.cfg.threshold).numpy()  # NaN (unseen) compares False
+        if prev_helpful is not None and prev_S is not None:
+            f, c = decision_flips(prev_helpful, torch.isfinite(prev_S).numpy(), self.helpful, seen)
+            self.stats.flips += f
+            self.stats.compared += c
+        self.stats.pairs_helpful = pair_helpful_fractions(self.helpful, seen, self.class_new)
+
+    @staticmethod
+    def _pair_targets(oh, ja, jb, lam) -> torch.Tensor:
         lt = torch.from_numpy(np.asarray(lam)).to(oh.device, oh.dtype).view(-1, 1)
         return oh[jb] + lt * (oh[ja] - oh[jb])
 
     @torch.no_grad()
-    def _last_layer_scores(self, model, px, py, old, ja, jb, lam, P, k) -> torch.Tensor:
-        h, z = self._forward(model, px)
-        h, z = h.float(), z.float()
-        oh = F.one_hot(py, self.num_classes).float()
-        g_buf = G.mean_grad(G.residuals(z[old], oh[old]), h[old])
+    def _last_layer_scores(self, model, hg, px, oh, bx, by, ja, jb, lam, P, k) -> torch.Tensor:
+        h = self._features(model, px).float()
+        g_buf = hg.mean_grad(self._features(model, bx).float(), by)
         self.g_buf = g_buf
-        lt = torch.from_numpy(lam).to(z.device, z.dtype).view(-1, 1)
-        a = G.augment_bias(h) @ g_buf.t()  # G [h, 1] for every probe: C-vectors
-        r = G.residuals(z[jb] + lt * (z[ja] - z[jb]), oh[jb] + lt * (oh[ja] - oh[jb]))
-        scores = (r * (a[jb] + lt * (a[ja] - a[jb]))).sum(dim=1).view(P, k).mean(dim=1)
+        lt = torch.from_numpy(lam).to(h.device, h.dtype).view(-1, 1)
+        y_mix = oh[jb] + lt * (oh[ja] - oh[jb])
+        scores = hg.mix_inner(h, ja, jb, lt, y_mix, g_buf).view(P, k).mean(dim=1)
         if self.cfg.criterion == "cosine":
             hm = h[jb] + lt * (h[ja] - h[jb])
-            scores = scores / (G.group_sq_norms(r, hm, P, k).sqrt() * g_buf.norm()).clamp_min(1e-12)
+            scores = scores / (hg.sq_norms(hm, y_mix, P, k).sqrt() * g_buf.norm()).clamp_min(1e-12)
         return scores
 
-    def _full_scores(self, model, xm, ym, bx, by, n_pairs, k) -> torch.Tensor:
-        """Full-model gradients per pair (slow; checks the last-layer approximation)."""
+    def _full_scores(self, model, hg, xm, ym, bx, by, n_pairs, k) -> torch.Tensor:
+        """Full-model gradients of the trained loss per pair (slow; checks the approximation)."""
         params = [p for p in model.parameters() if p.requires_grad]
 
         def flat_grad(loss):
             gs = torch.autograd.grad(loss, params, allow_unused=True)
             return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, params)])
 
-        g_buf = flat_grad(F.cross_entropy(model(bx), by))
+        g_buf = flat_grad(hg.loss(model, bx, by))
         out = []
         for i in range(n_pairs):
             sl = slice(i * k, (i + 1) * k)
-            g = flat_grad(G.soft_cross_entropy(model(xm[sl]), ym[sl]))
+            g = flat_grad(hg.loss(model, xm[sl], ym[sl]))
             s = g @ g_buf
             if self.cfg.criterion == "cosine":
                 s = s / (g.norm() * g_buf.norm()).clamp_min(1e-12)

@@ -17,3 +17,14 @@ def ray_address():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tracked_study(tmp_path_factory):
+    """The tiny Ray Tune study of tests/helpers.py, tracked in a sqlite store and a real MLflow
+    server; built once per session for tests/tracking and tests/report."""
+    from helpers import shared_study  # imports ray: only for the tests that ask for the study
+
+    b = shared_study(tmp_path_factory)
+    yield b
+    b.stop()

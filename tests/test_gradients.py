@@ -1,4 +1,5 @@
 """The closed-form last-layer algebra equals autograd's."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,3 +71,56 @@ def test_soft_cross_entropy_equals_torch_with_one_hot_targets():
     logits = torch.randn(5, 3)
     y = torch.tensor([0, 2, 1, 1, 0])
     assert torch.allclose(G.soft_cross_entropy(logits, F.one_hot(y, 3).float()), F.cross_entropy(logits, y))
+
+
+# ---------------------------------------------------------------- the loss being trained
+
+def _proxy_autograd(model, x, y, present, tau):
+    """Per-sample gradients of the proxy loss w.r.t. the proxies (head.weight), by autograd."""
+    from gradmix_tune.losses import proxy_contrastive_loss
+
+    out = []
+    for i in range(len(x)):
+        model.zero_grad()
+        proxy_contrastive_loss(model.features(x[i:i + 1]), model.head.weight, y[i:i + 1], tau,
+                               present=present).backward()
+        out.append(model.head.weight.grad.clone())
+    return torch.stack(out)
+
+
+def test_proxy_head_gradients_match_autograd_of_the_proxy_loss():
+    model = _model()
+    x, y = _batch(n=8)
+    xb, yb = _batch(n=6, seed=2)
+    present = torch.tensor([True, False, True, True])  # class 1 not in the softmax
+    y, yb = y * present, yb * present
+    y, yb = y / y.sum(1, keepdim=True), yb / yb.sum(1, keepdim=True)
+    tau = 0.2
+    hg = G.head_gradients("proxy_contrastive", model.head, tau, present)
+    per = _proxy_autograd(model, x, y, present, tau)
+    per_b = _proxy_autograd(model, xb, yb, present, tau)
+    h = model.features(x).detach()
+    hb = model.features(xb).detach()
+    with torch.no_grad():
+        g_buf = hg.mean_grad(hb, yb)
+        assert torch.allclose(g_buf, per_b.mean(0), atol=1e-8)
+        assert torch.allclose(hg.inner(h, y, g_buf), (per * g_buf).sum(dim=(1, 2)), atol=1e-8)
+        expected = per.view(2, 4, *per.shape[1:]).mean(dim=1).pow(2).sum(dim=(1, 2))
+        assert torch.allclose(hg.sq_norms(h, y, 2, 4), expected, atol=1e-8)
+    assert per[:, 1].abs().max() == 0  # an absent class's proxy gets no gradient
+
+
+@pytest.mark.parametrize("loss", ["ce", "proxy_contrastive"])
+def test_feature_space_mix_scores_equal_scores_of_the_formed_mixes(loss):
+    model = _model()
+    x, _ = _batch(n=6)
+    y = F.one_hot(torch.tensor([0, 1, 2, 3, 0, 2]), 4).double()
+    hg = G.head_gradients(loss, model.head, 0.3)
+    with torch.no_grad():
+        h = model.features(x)
+        g = hg.mean_grad(h, y)
+        ja, jb = torch.tensor([0, 1, 2, 5]), torch.tensor([3, 4, 4, 0])
+        lam = torch.tensor([0.2, 0.5, 0.9, 1.0], dtype=torch.float64).view(-1, 1)
+        y_mix = y[jb] + lam * (y[ja] - y[jb])
+        hm = h[jb] + lam * (h[ja] - h[jb])
+        assert torch.allclose(hg.mix_inner(h, ja, jb, lam, y_mix, g), hg.inner(hm, y_mix, g), atol=1e-10)

@@ -77,3 +77,20 @@ def test_summarize_has_the_four_numbers():
     assert metrics.summarize(A) == {"final_avg_acc": pytest.approx(2.15 / 3),
                                     "avg_incremental_acc": pytest.approx((0.9 + 0.7 + 2.15 / 3) / 3),
                                     "forgetting": pytest.approx(0.25), "bwt": pytest.approx(-0.25)}
+
+
+def test_curve_peak_is_u_shape_of_the_last_task_on_the_global_axis():
+    # 3 tasks x 3 epochs; the learner's peak_epoch is u_shape over the last task's epochs (1-based)
+    curve = [0.9, 0.8, 0.85, 0.6, 0.7, 0.65, 0.5, 0.7, 0.7]
+    steps = list(range(1, 10))
+    last = metrics.u_shape(curve[6:])
+    assert last["peak_epoch"] == 2.0  # ties: the first epoch wins
+    for pk in (metrics.curve_peak(steps, curve, epochs_per_task=3),
+               metrics.curve_peak(steps, curve, task_of={s: (s - 1) // 3 for s in steps})):
+        assert pk["peak_epoch"] == 6 + last["peak_epoch"]
+        assert pk["peak_acc"] == last["peak_acc"] and pk["drop"] == last["u_shape_drop"] == 0.0
+        assert pk["mean_task_drop"] == pytest.approx((0.05 + 0.05 + 0.0) / 3)
+    # one task: the same number on both axes
+    one = [0.5, 0.9, 0.6]
+    assert metrics.curve_peak([1, 2, 3], one)["peak_epoch"] == metrics.u_shape(one)["peak_epoch"] == 2
+    assert metrics.curve_peak([], [])["peak_epoch"] is None

@@ -2,10 +2,12 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradmix_tune.augment import PolicyAugment
 from gradmix_tune.config import MixingConfig
+from gradmix_tune.memory import Probes
 from gradmix_tune.mixing import MixContext, Mixer, cutmix_masks, mix_inputs
 from gradmix_tune.models import Classifier
 
@@ -24,15 +26,18 @@ def _linear_model():
     return m
 
 
-def _probe(k):
+def _probe(k, buffer_k=0):
     xs = torch.tensor([CENTERS[c] for c in (0, 1, 2) for _ in range(k)])
     ys = torch.tensor([c for c in (0, 1, 2) for _ in range(k)])
-    return xs, ys, ys == 0
+    nb = buffer_k or 7
+    return Probes(xs, ys, ys == 0, torch.tensor([CENTERS[0]] * nb), torch.zeros(nb, dtype=torch.int64))
 
 
-def _ctx(model, new_epoch=False, counts=None):
-    return MixContext(model, _probe, buffer_empty=False,
-                      class_counts=counts if counts is not None else torch.ones(3), new_epoch=new_epoch)
+def _ctx(model, new_epoch=False, counts=None, task=1, probe=_probe):
+    """Task 1: class 0 is old (in the buffer), classes 1 and 2 are the current task's."""
+    return MixContext(model, probe, buffer_empty=False,
+                      class_counts=counts if counts is not None else torch.ones(3), new_epoch=new_epoch,
+                      task=task, current_classes=(1, 2))
 
 
 def _batch():
@@ -203,3 +208,86 @@ def test_policies_run_on_mnist_and_cifar_shapes(policy, shape, mean, std):
     # repeatable from the generator's state
     out2 = PolicyAugment(policy, mean, std, seed=0)(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, out2)
+
+
+# ---------------------------------------------------------------- faithfulness options
+
+def test_balanced_mixup_draws_lam_from_its_own_beta():
+    from scipy import stats
+
+    mixer = Mixer(MixingConfig(selection="balanced_mixup", alpha=1.0, balanced_alpha=0.2), 5, seed=0)
+    y = torch.arange(5)  # one sample a class: a mixed sample's partner is of another class
+    x = torch.randn(5, 2)
+    lams = []
+    for _ in range(400):
+        _, target = mixer(x, y, _ctx(_linear_model()))
+        m = mixer.last_mixed
+        lams += target[torch.arange(5), y][torch.from_numpy(m)].tolist()  # the instance side's weight
+    lams = np.array(lams)
+    assert len(lams) > 1000
+    assert stats.kstest(lams, stats.beta(0.2, 1.0).cdf).pvalue > 0.01
+    assert lams.mean() == pytest.approx(0.2 / 1.2, abs=0.02)  # not Beta(alpha, alpha)'s 0.5
+
+
+def test_keep_clean_trains_the_clean_batch_and_the_mixes():
+    mixer = Mixer(MixingConfig(selection="random_matched", mix_rate=0.5, keep_clean=True), 3, seed=0)
+    x, y = _batch()
+    out, target = mixer(x, y, _ctx(_linear_model()))
+    m = mixer.last_mixed
+    assert m.sum() == 5 and len(out) == len(y) + 5
+    assert torch.equal(out[:10], x) and torch.equal(target[:10], F.one_hot(y, 3).float())
+    assert torch.allclose(target[10:].sum(1), torch.ones(5))
+    d = mixer.stats.as_dict()
+    assert d["frac_mixed"] == 0.5
+    assert d["new_class_label_weight"] == pytest.approx(float(target[:, 1:].sum(1).mean()))
+
+
+def test_start_task_leaves_earlier_tasks_unmixed():
+    mixer = Mixer(MixingConfig(selection="random", start_task=1), 3, seed=0)
+    x, y = _batch()
+    out, target = mixer(x, y, _ctx(_linear_model(), task=0))
+    assert torch.equal(out, x) and torch.equal(target, F.one_hot(y, 3).float()) and not mixer.last_mixed.any()
+    mixer(x, y, _ctx(_linear_model(), task=1))
+    assert mixer.last_mixed.all()
+
+
+def test_gradient_sample_cutmix_trains_the_box_it_scored():
+    model = Classifier(nn.Flatten(), 3 * 8 * 8, 3)
+    mixer = Mixer(MixingConfig(selection="gradient_sample", op="cutmix"), 3, seed=0)
+    scored = {}
+    original = mixer._sample_scores
+
+    def spy(model_, xm, ym):
+        scored["x"], scored["y"] = xm.clone(), ym.clone()
+        return original(model_, xm, ym)
+
+    mixer._sample_scores = spy
+    y = torch.tensor([0, 1, 2, 1, 2, 0, 1, 2])
+    x = torch.arange(8, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 3, 8, 8).contiguous()
+
+    def probe(k, buffer_k=0):
+        ys = torch.tensor([c for c in (0, 1, 2) for _ in range(k)])
+        return Probes(torch.randn(len(ys), 3, 8, 8), ys, ys == 0, torch.randn(6, 3, 8, 8), torch.zeros(6, dtype=torch.int64))
+
+    seen = 0
+    for _ in range(20):
+        out, target = mixer(x, y, _ctx(model, probe=probe))
+        m = torch.from_numpy(mixer.last_mixed)
+        assert torch.equal(out[m], scored["x"][m]) and torch.equal(target[m], scored["y"][m])
+        assert torch.equal(out[~m], x[~m])
+        seen += int(m.sum())
+    assert seen > 0
+
+
+def test_proxy_loss_scores_agree_across_scopes_on_a_linear_model():
+    torch.manual_seed(0)
+    model = Classifier(nn.Flatten(), 2, 3)
+    kw = dict(selection="gradient", probes_per_class=8)
+    last = Mixer(MixingConfig(**kw), 3, seed=5, loss="proxy_contrastive", temperature=0.5)
+    full = Mixer(MixingConfig(gradient_scope="full", **kw), 3, seed=5, loss="proxy_contrastive", temperature=0.5)
+    ce = Mixer(MixingConfig(**kw), 3, seed=5)
+    x, y = _batch()
+    for m in (last, full, ce):
+        m(x, y, _ctx(model))
+    assert torch.allclose(last.S, full.S, atol=1e-5)
+    assert not torch.allclose(last.S, ce.S, atol=1e-3)  # scored with the proxy loss, not cross-entropy

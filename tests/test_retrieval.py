@@ -63,7 +63,8 @@ def test_retrieval_returns_the_right_extremes_and_never_the_current_task(mode):
     n, cand = 6, 30
     g = torch.Generator().manual_seed(0)
     idx = retrieve(model, buf, x, y, n, mode, cand, task=1, gen=g, lr=0.1)
-    assert len(idx) == n and len(set(idx.tolist())) == n
+    want = 2 * n if mode == "balanced" else n  # balanced: N conflicting + N aligned
+    assert len(idx) == want and len(set(idx.tolist())) == want
     assert (buf.task[idx] != 1).all()
     # recompute C on the same candidate pool (same generator state) and check the choice
     pool = buf.sample(cand, torch.Generator().manual_seed(0), exclude_task=1)
@@ -74,8 +75,8 @@ def test_retrieval_returns_the_right_extremes_and_never_the_current_task(mode):
         assert got == set(order[:n])
     elif mode == "aligned":
         assert got == set(order[-n:])
-    else:
-        assert got == set(order[: n // 2]) | set(order[-(n // 2):])
+    else:  # N + N, beside the current batch (Balanced Gradient Sample Retrieval)
+        assert got == set(order[:n]) | set(order[-n:])
 
 
 def test_proxy_contrastive_loss_equals_a_direct_computation():
@@ -121,3 +122,35 @@ def test_early_stopping_on_held_out_data_stops_and_keeps_the_best_epoch():
     assert all(n < 30 for n in per_task)  # stopped early
     assert all("val_seen_acc" in e.diagnostics for e in epochs)
     assert result.final_avg_acc > 0.7
+
+
+@pytest.mark.parametrize("mode", ["mir", "aligned", "balanced"])
+def test_every_rule_replays_as_random_while_the_buffer_holds_no_earlier_task(mode):
+    model = _tiny()
+    buf = Buffer(40, seed=0)
+    x0, y0 = _data(30, 3)
+    buf.add(x0, y0, task=0)
+    x, y = _data(10, 1)
+    got = retrieve(model, buf, x, y, 6, mode, 30, task=0, gen=torch.Generator().manual_seed(5), lr=0.1)
+    want = retrieve(model, buf, x, y, 6, "random", 30, task=0, gen=torch.Generator().manual_seed(5), lr=0.1)
+    assert torch.equal(got, want) and len(got) == 6
+
+
+def test_first_task_is_the_same_run_under_every_retrieval_rule():
+    base = ["data.tasks=2", "memory.size=100", "memory.retrieval_candidates=40"]
+    runs = {mode: run(load_config(None, base + [f"memory.retrieval={mode}"])) for mode in ("random", "mir", "balanced")}
+    first = {mode: (r.accuracy_matrix[0], r.epochs[0]["loss"]) for mode, r in runs.items()}
+    assert first["mir"] == first["random"] == first["balanced"]
+
+
+def test_closed_form_criterion_under_the_proxy_loss_is_exact_to_first_order():
+    model = _tiny(hidden=False).double()  # float64: the virtual step's change is ~1e-5
+    x, y = _data(10, 1)
+    cx, cy = _data(30, 2)
+    x, cx = x.double(), cx.double()
+    lr = 1e-5
+    closed = loss_change(model, cx, cy, x, y, lr, loss="proxy_contrastive", temperature=0.5)
+    virtual = loss_change(model, cx, cy, x, y, lr, virtual_update=True, loss="proxy_contrastive", temperature=0.5)
+    assert torch.allclose(closed, virtual, rtol=1e-3, atol=1e-12)
+    ce = loss_change(model, cx, cy, x, y, lr)
+    assert not torch.allclose(closed, ce, rtol=0.1)  # the proxy loss's gradient, not cross-entropy's

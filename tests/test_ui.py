@@ -51,3 +51,26 @@ def test_ui_binds_to_loopback_and_serves_the_store(tmp_path):
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_ui_says_ready_only_once_it_answers(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gradmix_tune", "ui", "--port", str(port),
+                             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while time.time() < deadline and "UI ready on" not in line:
+            line = proc.stdout.readline()
+            assert line, "the UI exited before it was ready"
+        assert f"http://127.0.0.1:{port}" in line
+        # the moment it says ready, it answers
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

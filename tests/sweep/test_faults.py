@@ -6,7 +6,7 @@ cut in half on disk, a Ray worker node removed mid-trial, a node in its own moun
 cannot see the storage folder, storage under a regular file / read-only / on a full tmpfs, and a
 learning rate that makes the loss NaN.
 
-What test_sweep.py and test_tracking.py already cover (a trial that raises, a plain driver kill
+What test_runner.py and tests/tracking already cover (a trial that raises, a plain driver kill
 and --resume, an MLflow outage, malformed ablation files) is not repeated here.
 """
 from __future__ import annotations
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from gradmix_tune import sweep
 from gradmix_tune.cli import main
-from test_sweep import reference, rows, trial_dirs  # helpers, not tests
+from gradmix_tune.sweep import load_study
+from gradmix_tune.sweep.checkpoints import CHECKPOINT_FILE
+from helpers import reference, rows, trial_dirs
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 
 
@@ -216,7 +217,7 @@ class TestTwoNodeCluster:
         assert again and again[0]["kind"] == "epoch" and again[0]["task"] == last_ckpt, again[:1]
         assert task_rows(again) == list(range(last_ckpt + 1, 6))
         assert task_rows(t0) == [1, 2, 3, 4, 5]  # every task's result once: none lost, none redone
-        study = sweep.load_study(path)
+        study = load_study(path)
         for d in dirs.values():
             r = rows(d)
             assert len(finals(r)) == 1
@@ -347,7 +348,7 @@ def test_half_written_checkpoint_is_never_trusted(tmp_path, ray_address):
     tid, _, ck = next(s for s in state if s[1] not in ("TERMINATED", "ERROR") and s[2] and os.path.exists(s[2]))
     d = Path(ck).parent
     cut = []
-    for c in d.glob("checkpoint_*/" + sweep.CHECKPOINT_FILE):
+    for c in d.glob("checkpoint_*/" + CHECKPOINT_FILE):
         data = c.read_bytes()
         c.write_bytes(data[: len(data) // 2])
         cut.append(c.parent.name)
@@ -369,67 +370,6 @@ def test_half_written_checkpoint_is_never_trusted(tmp_path, ray_address):
     assert finals(rows(d))[0]["final_avg_acc"] == reference(cfg["config"]).final_avg_acc
     assert not set(c.name for c in d.glob("checkpoint_*")) & set(cut)  # the torn ones are gone, not reused
     assert "4/4 done" in res.stdout
-
-
-def test_checkpoint_choice_on_restore(tmp_path):
-    """_usable_checkpoint on real checkpoints of a real learner (no Ray cluster needed): which
-    checkpoint a restored trial continues from when the one Ray names is missing or torn."""
-    import torch
-    from ray.train._internal.session import _TrainingResult
-    from ray.tune import Checkpoint
-
-    from gradmix_tune.config import from_dict
-    from gradmix_tune.learner import Hooks, run
-
-    cfg = from_dict({"data": {"name": "digits", "tasks": 3}, "model": {"name": "mlp", "hidden": [16]},
-                     "train": {"epochs": 1, "batch_size": 20}, "memory": {"size": 40}})
-    trial = tmp_path / "t0000_abc"
-    trial.mkdir()
-    lines = []
-
-    def on_task(rec, learner):
-        name = f"checkpoint_{rec.task:06d}"
-        (trial / name).mkdir()
-        torch.save(learner.state_dict(), trial / name / sweep.CHECKPOINT_FILE)
-        lines.append(json.dumps({"kind": "task", "tasks_done": rec.task + 1, "checkpoint_dir_name": name,
-                                 "training_iteration": rec.task + 1}))
-
-    run(cfg, Hooks(on_task=on_task))
-    (trial / "result.json").write_text("\n".join(lines[:2]) + "\n{\"kind\": \"ta")  # task 3 unrecorded, a torn row
-
-    def choose(name):
-        res = _TrainingResult(checkpoint=Checkpoint(str(trial / name)), metrics={})
-        chosen, note = sweep._usable_checkpoint(res)
-        return (Path(chosen.checkpoint.path).name if chosen else None), note, chosen
-
-    assert choose("checkpoint_000001")[:2] == ("checkpoint_000001", None)  # fine: Ray's choice stands
-    shutil.rmtree(trial / "checkpoint_000000")
-    name, note, chosen = choose("checkpoint_000000")  # the num_to_keep race: a newer one was recorded
-    assert name == "checkpoint_000001" and chosen.metrics["tasks_done"] == 2
-    assert note == "checkpoint checkpoint_000000 is unusable (it is missing); continued from " \
-                   "checkpoint_000001 (after task 2)"
-    # checkpoint_000002 exists and loads, but the driver never recorded its result: not used
-    # (its task's metrics would be missing from the results and MLflow)
-    f = trial / "checkpoint_000001" / sweep.CHECKPOINT_FILE
-    f.write_bytes(f.read_bytes()[:1000])  # torn
-    name, note, _ = choose("checkpoint_000001")
-    assert name is None and note.startswith("checkpoint checkpoint_000001 is unusable (it cannot be read")
-    assert note.endswith("no other usable one is recorded; started over from task 0")
-    (trial / "checkpoint_000001" / sweep.CHECKPOINT_FILE).unlink()  # a folder whose copy never started
-    assert "has no learner.pt (half-written?)" in choose("checkpoint_000001")[1]
-    torch.save({"model": {}}, f)  # loads, but is not a learner checkpoint
-    assert "not a learner checkpoint" in choose("checkpoint_000001")[1]
-    import pyarrow.fs
-
-    assert sweep._newest_checkpoint_index(pyarrow.fs.LocalFileSystem(), str(trial)) == 2
-    # the trial had ended (its final result recorded) but the state names an earlier checkpoint:
-    # continue from the final one (nothing is run or reported twice), even though the named one is fine
-    final = {"kind": "task", "tasks_done": 3, "checkpoint_dir_name": "checkpoint_000002", "final_avg_acc": 0.5}
-    (trial / "result.json").write_text("\n".join(lines[:2] + [json.dumps(final)]) + "\n")
-    shutil.copytree(trial / "checkpoint_000002", trial / "checkpoint_000000")
-    name, note, chosen = choose("checkpoint_000000")
-    assert name == "checkpoint_000002" and chosen.metrics["final_avg_acc"] == 0.5
-    assert note.startswith("the trial had ended: its final result is recorded with checkpoint_000002")
 
 
 # ---------------------------------------------------------------------------- storage

@@ -1,4 +1,4 @@
-"""`gradmix-tune report` on the tracked tiny study of test_tracking.py, from the MLflow store alone.
+"""`gradmix-tune report` on the tracked tiny study of tests/helpers.py, from the MLflow store alone.
 
 Every number checked here is recomputed independently (numpy / scipy) from the metrics fetched
 with MlflowClient; Ray's result folder is deleted before the report is built.
@@ -6,55 +6,29 @@ with MlflowClient; Ray's result folder is deleted before the report is built.
 from __future__ import annotations
 
 import html.parser
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ALWAYS_FAIL, PNG, STUDY, study_obj
 from scipy import stats
 
-from gradmix_tune import report, tracking
 from gradmix_tune.cli import main
+from gradmix_tune.report import after_sweep
+from gradmix_tune.results import ACCURACY_METRICS as METRICS
 
 pytestmark = pytest.mark.integration
 
 
-def _tracking_tests():
-    """test_tracking.py's module object (the one pytest imported, so its study is built once)."""
-    path = Path(__file__).with_name("test_tracking.py").resolve()
-    for m in list(sys.modules.values()):
-        f = getattr(m, "__file__", None)
-        if f and Path(f).resolve() == path:
-            return m
-    spec = importlib.util.spec_from_file_location("test_tracking", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["test_tracking"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tt = _tracking_tests()
-STUDY = tt.STUDY
-METRICS = ("final_avg_acc", "avg_incremental_acc", "forgetting", "bwt")
-
-
-@pytest.fixture(scope="session")
-def built(tmp_path_factory):
-    b = tt.shared_study(tmp_path_factory)
-    yield b
-    b.stop()
-
-
 @pytest.fixture(scope="module")
-def rep(built, tmp_path_factory):
-    shutil.rmtree(built.storage, ignore_errors=True)  # the tracking store is all the report may use
-    assert not built.storage.exists()
+def rep(tracked_study, tmp_path_factory):
+    shutil.rmtree(tracked_study.storage, ignore_errors=True)  # the tracking store is all the report may use
+    assert not tracked_study.storage.exists()
     out = tmp_path_factory.mktemp("reports")
-    assert main(["report", STUDY, "--tracking-uri", built.sqlite_uri, "--out", str(out)]) == 0
+    assert main(["report", STUDY, "--tracking-uri", tracked_study.sqlite_uri, "--out", str(out)]) == 0
     folder = out / STUDY
     return {"dir": folder, "summary": json.loads((folder / "summary.json").read_text()),
             "md": (folder / "report.md").read_text(), "html": (folder / "report.html").read_text()}
@@ -99,8 +73,8 @@ def _close(a, b):
     return a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
 
-def test_means_stds_and_cis_equal_an_independent_computation(built, rep):
-    ind = independent(built.sqlite_uri)
+def test_means_stds_and_cis_equal_an_independent_computation(tracked_study, rep):
+    ind = independent(tracked_study.sqlite_uri)
     s = rep["summary"]
     assert {a["arm"] for a in s["arms"]} == set(ind["values"]) and len(s["arms"]) == 4
     for arm, vals in ind["values"].items():
@@ -119,8 +93,8 @@ def test_means_stds_and_cis_equal_an_independent_computation(built, rep):
         assert f"{fa['mean']:.4f} ± {fa['std']:.4f} [{fa['ci_low']:.4f}, {fa['ci_high']:.4f}]" in rep["md"]
 
 
-def test_paired_tests_equal_scipy_on_the_logged_metrics(built, rep):
-    ind = independent(built.sqlite_uri)["values"]
+def test_paired_tests_equal_scipy_on_the_logged_metrics(tracked_study, rep):
+    ind = independent(tracked_study.sqlite_uri)["values"]
     s = rep["summary"]
     assert s["baseline"] == "er_mixup" and s["gradmix"] == "gradmix" and s["test_metric"] == "final_avg_acc"
 
@@ -147,8 +121,8 @@ def test_paired_tests_equal_scipy_on_the_logged_metrics(built, rep):
     assert _close(t["mean_diff"], float(np.mean([x[k] - y[k] for k in sorted(x)])))
 
 
-def test_wall_time_overhead_accuracy_matrices_and_curves(built, rep):
-    ind = independent(built.sqlite_uri)
+def test_wall_time_overhead_accuracy_matrices_and_curves(tracked_study, rep):
+    ind = independent(tracked_study.sqlite_uri)
     s = rep["summary"]
     for m in (20, 40):
         g, e = f"method=gradmix memory.size={m}", f"method=er_mixup memory.size={m}"
@@ -170,11 +144,11 @@ def test_wall_time_overhead_accuracy_matrices_and_curves(built, rep):
     assert "peak epoch" in rep["md"] and "drop" in rep["md"]
 
 
-def test_failed_trials_are_listed(built, rep):
-    ind = independent(built.sqlite_uri)
-    assert ind["failed"] == [tt.ALWAYS_FAIL]
+def test_failed_trials_are_listed(tracked_study, rep):
+    ind = independent(tracked_study.sqlite_uri)
+    assert ind["failed"] == [ALWAYS_FAIL]
     (f,) = rep["summary"]["failed"]
-    assert (f["arm"], f["seed"], f["status"]) == (*tt.ALWAYS_FAIL, "FAILED")
+    assert (f["arm"], f["seed"], f["status"]) == (*ALWAYS_FAIL, "FAILED")
     assert "injected failure" in f["error"] and f["run_id"] in rep["md"]
 
 
@@ -186,7 +160,7 @@ def test_figures_are_valid_pngs_and_the_html_references_only_existing_files(rep)
     assert "factor_memory.size.png" in names and "curves.png" in names
     assert sum(n.startswith("acc_matrix_") for n in names) == 4
     for p in figs:
-        assert p.suffix == ".png" and p.read_bytes()[:8] == tt.PNG
+        assert p.suffix == ".png" and p.read_bytes()[:8] == PNG
         img = imread(str(p))
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
@@ -207,8 +181,8 @@ def test_figures_are_valid_pngs_and_the_html_references_only_existing_files(rep)
         assert f"]({r})" in rep["md"]
 
 
-def test_report_from_the_server_store_is_the_same(built, rep, tmp_path):
-    assert main(["report", STUDY, "--tracking-uri", built.server.uri, "--out", str(tmp_path)]) == 0
+def test_report_from_the_server_store_is_the_same(tracked_study, rep, tmp_path):
+    assert main(["report", STUDY, "--tracking-uri", tracked_study.server.uri, "--out", str(tmp_path)]) == 0
     other = json.loads((tmp_path / STUDY / "summary.json").read_text())
     mine = rep["summary"]
     for a in mine["arms"]:
@@ -221,34 +195,23 @@ def test_report_from_the_server_store_is_the_same(built, rep, tmp_path):
         assert _close(t["p_ttest"], u["p_ttest"])
 
 
-def test_after_sweep_logs_the_report_to_the_parent_run(built, tmp_path):
+def test_after_sweep_logs_the_report_to_the_parent_run(tracked_study, tmp_path):
     from mlflow import MlflowClient
 
-    folder = report.after_sweep(tt.study_obj(), built.sqlite_uri, out_dir=str(tmp_path))
-    assert folder == tmp_path / STUDY and (folder / "report.html").is_file()
-    c = MlflowClient(built.sqlite_uri)
+    c = MlflowClient(tracked_study.sqlite_uri)
     exp = c.get_experiment_by_name(STUDY)
     (parent,) = c.search_runs([exp.experiment_id], "tags.`gradmix.role` = 'parent'")
+    # the sweep passes its logger's parent run id; without one, the study's latest parent
+    for i, pid in enumerate((parent.info.run_id, None)):
+        folder = after_sweep(study_obj(), tracked_study.sqlite_uri, out_dir=str(tmp_path / str(i)), parent_run_id=pid)
+        assert folder == tmp_path / str(i) / STUDY and (folder / "report.html").is_file()
+        assert json.loads((folder / "summary.json").read_text())["parent_run_id"] == parent.info.run_id
     names = {f.path for f in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/summary.json", "report/figures"} <= names
 
 
-def test_unknown_study_is_a_clear_error(built, capsys, tmp_path):
-    assert main(["report", "no_such_study", "--tracking-uri", built.sqlite_uri, "--out", str(tmp_path)]) == 2
+def test_unknown_study_is_a_clear_error(tracked_study, capsys, tmp_path):
+    assert main(["report", "no_such_study", "--tracking-uri", tracked_study.sqlite_uri, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no study 'no_such_study'" in err and "--tracking-uri" in err
-    assert report.after_sweep(tt.study_obj("no_such_study"), built.sqlite_uri, str(tmp_path)) is None
-
-
-def test_statistics_helpers_edge_cases():
-    one = report.describe([0.5])
-    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci95"])
-    t = report.paired_test({0: 0.5, 1: 0.6}, {1: 0.4, 2: 0.1})
-    assert t["n"] == 1 and math.isnan(t["p_ttest"])
-    same = report.paired_test({s: 0.5 for s in range(6)}, {s: 0.5 for s in range(6)})
-    assert math.isnan(same["p_ttest"]) and same["n"] == 6  # no variance: no t-test, and no crash
-    x = {s: 0.5 + 0.01 * s for s in range(7)}
-    y = {s: 0.45 + 0.013 * s * (-1) ** s for s in range(7)}
-    w = report.paired_test(x, y)
-    assert w["p_wilcoxon"] == pytest.approx(stats.wilcoxon(list(x.values()), list(y.values())).pvalue)
-    assert tracking.method_of({}, {"method": "", "mixing": {"selection": "gradient"}}) == "gradient"
+    assert after_sweep(study_obj("no_such_study"), tracked_study.sqlite_uri, str(tmp_path)) is None

@@ -1,0 +1,195 @@
+"""The report's headline: the ablation's question (its header comment) and 2-6 sentences computed from the numbers.
+
+Every sentence is a template filled with computed quantities: the best arm and its interval; each
+group of one-factor comparisons (the same two methods, or the same factor level against its
+reference) with its differences, 95% t-intervals and Holm-adjusted p-values, and "not
+distinguishable from noise with N seeds" when no adjusted p is below 0.05; and what the seeds
+allow (the smallest standardized effect 80% power reaches, the seeds the largest open
+difference needs). Nothing here reads MLflow or draws.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from ..results import LABELS
+from ..values import is_finite
+
+MAX_SENTENCES = 6
+MAX_LISTED = 3  # comparisons listed one by one in a sentence; more are summarised
+FEW_SEEDS = 5
+
+
+def question_of(ablation_text: str, description: str = "") -> str:
+    """The question of an ablation file: its header comment from the line that starts with
+    "Question" up to the last "?" before the sizing line ("N ... x ... = M runs") or Time/Data
+    lines; else its `description:`; else ""."""
+    lines = []
+    for line in (ablation_text or "").splitlines():
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("#"):
+            break
+        lines.append(line.lstrip()[1:].strip())
+    start = next((i for i, t in enumerate(lines) if re.match(r"Questions?\b", t)), None)
+    if start is None:
+        return description.strip()
+    kept = []
+    for t in lines[start:]:
+        if not t or re.match(r"\d+ .*\bx\b.*=", t) or re.match(r"(Time|Data)\b", t):
+            break
+        kept.append(t)
+    text = re.sub(r"^Question:\s*", "", " ".join(kept))
+    return text[:text.rfind("?") + 1] if "?" in text else text
+
+
+def num(v, metric: str = "", signed: bool = False) -> str:
+    """A metric value (3 decimals; wall time 1), '+' on differences; 'n/a' when not a number."""
+    if not is_finite(v):
+        return "n/a"
+    nd = 1 if metric.endswith("wall_time_s") else 3
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+def pval(p) -> str:
+    """A p-value with two significant digits ('< 0.001' below that)."""
+    if not is_finite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def seeds_text(n) -> str:
+    if n == math.inf:
+        return "no number of seeds (the mean difference is 0)"
+    return f"{int(n)} seeds" if is_finite(n) else "n/a"
+
+
+def clause(c: dict, metric: str, marks: bool = False) -> str:
+    """'+0.012 (95% CI -0.030 to +0.054, Holm p = 0.84)' of one comparison (with its
+    significance mark: for tables; sentences say it in words)."""
+    d = num(c["mean_diff"], metric, True)
+    if c["n"] < 2:
+        return f"{d} ({c['n']} paired seed: no interval, no test)"
+    if not is_finite(c["p_holm"]):
+        return f"{d} (95% CI {num(c['ci_low'], metric, True)} to {num(c['ci_high'], metric, True)}, no test: " \
+               f"the {c['n']} per-seed differences are identical)"
+    p = pval(c["p_holm"])
+    return (f"{d} (95% CI {num(c['ci_low'], metric, True)} to {num(c['ci_high'], metric, True)}, "
+            f"Holm p {p if p.startswith('<') else '= ' + p}{' ' + c['mark'] if marks and c['mark'] else ''})")
+
+
+def _significant(c: dict, alpha: float) -> bool:
+    return is_finite(c["p_holm"]) and c["p_holm"] < alpha
+
+
+def _group_key(c: dict) -> tuple:
+    if c["kind"] == "factor":
+        return ("factor", c["factor"], str(c["level"]), str(c["ref_level"]))
+    return (c["kind"], str(c["level"]), str(c["ref_level"]))
+
+
+def _group_sentence(group: list[dict], res: dict) -> str:
+    metric, alpha = res["test_metric"], res["power"]["alpha"]
+    c0 = group[0]
+    n = min(c["n"] for c in group)
+    if c0["kind"] == "factor":
+        head = f"{c0['factor']} {c0['level']} − {c0['ref_level']}"
+    else:
+        head = f"{c0['level']} − {c0['ref_level']}"
+    sig = [c for c in group if _significant(c, alpha)]
+    if len(group) == 1:
+        where = f" at {c0['at']}" if c0["at"] else ""
+        body = f"{head}{where} on {LABELS.get(metric, metric)}: {clause(c0, metric)}"
+    elif len(group) <= MAX_LISTED:
+        items = [f"{clause(c, metric)} at {c['at']}" for c in group]
+        body = f"{head} on {LABELS.get(metric, metric)}: " + "; ".join(items)
+    else:
+        diffs = [c["mean_diff"] for c in group if is_finite(c["mean_diff"])]
+        big = max(group, key=lambda c: abs(c["mean_diff"]) if is_finite(c["mean_diff"]) else -1)
+        body = (f"{head} on {LABELS.get(metric, metric)}, in {len(group)} settings of the other factors: mean "
+                f"differences from {num(min(diffs, default=math.nan), metric, True)} to "
+                f"{num(max(diffs, default=math.nan), metric, True)}, the largest {clause(big, metric)} at {big['at']}")
+    if c0["n"] < 2 and len(group) == 1:
+        return body + "."
+    if not sig:
+        return f"{body}: not distinguishable from noise with {n} seeds."
+    if len(sig) == len(group):
+        return body + (": significant after Holm correction." if len(group) == 1 else
+                       ": significant after Holm correction in every setting.")
+    return body + f": significant after Holm correction only at {'; '.join(c['at'] for c in sig)}."
+
+
+def _best_sentence(res: dict) -> str:
+    metric, mode = res["test_metric"], res["mode"]
+    arms = [a for a in res["arms"] if is_finite(a["stats"][metric]["mean"])]
+    if not arms:
+        return f"No finished run has {LABELS.get(metric, metric)}."
+    pick = max if mode == "max" else min
+    best = pick(arms, key=lambda a: a["stats"][metric]["mean"])
+    st = best["stats"][metric]
+    ci = (f" (95% CI {num(st['ci_low'], metric)} to {num(st['ci_high'], metric)}, {st['n']} seeds)" if st["n"] > 1
+          else f" ({st['n']} seed)")
+    word = "higher" if mode == "max" else "lower"
+    return (f"Best of {len(arms)} arms by {LABELS.get(metric, metric)} ({word} is better): {best['arm']} with "
+            f"{num(st['mean'], metric)}{ci}.")
+
+
+def _power_sentence(res: dict) -> str:
+    pw, metric = res["power"], res["test_metric"]
+    n = pw["n"]
+    if n < 2:
+        return (f"With {n} seed per arm no interval or test is possible: every difference above is a single "
+                f"pair of runs.")
+    fam = (f"at the level the smallest of the {pw['family_size']} Holm-corrected p-values must pass "
+           f"(α = {pw['alpha']}/{pw['family_size']} = {pw['family_alpha']:.2g}, two-sided)"
+           if pw["family_size"] > 1 else f"(α = {pw['alpha']}, two-sided)")
+    s = (f"With {n} seeds a paired t-test {fam} has {pw['power']:.0%} power only for differences of at least "
+         f"{pw['detectable_effect']:.2f} standard deviations of the per-seed difference")
+    open_ = [c for c in res["comparisons"] if not _significant(c, pw["alpha"]) and is_finite(c["mean_diff"])
+             and c["n"] >= 2 and c["mean_diff"] != 0]
+    if res["comparisons"] and not open_:
+        return s + "; every comparison with a non-zero difference is significant after Holm correction."
+    if not open_:
+        return s + "."
+    big = max(open_, key=lambda c: abs(c["effect_size"]) if is_finite(c["effect_size"]) else math.inf)
+    need = big["seeds_for_power"]
+    where = f" at {big['at']}" if big["at"] else ""
+    head = f"{big['factor']} {big['label']}" if big["kind"] == "factor" else big["label"]
+    s += (f"; the largest standardized difference not yet significant, {head}{where} ({num(big['mean_diff'], metric, True)}, "
+          f"{abs(big['effect_size']):.2f} SD), would need {seeds_text(need)} per arm")
+    if is_finite(need) and need > n:
+        s += f": {int(need) - n} more than this study's {n}"
+    return s + "."
+
+
+def findings(res: dict) -> dict:
+    """{"question", "sentences" (2-6), "warning" (n < 5, else ""), "baseline" (which and why)}."""
+    groups: dict[tuple, list] = {}
+    for c in res["comparisons"]:
+        groups.setdefault(_group_key(c), []).append(c)
+    base = res["baseline"]
+
+    def rank(item):
+        (kind, *rest), _ = item
+        gm = kind != "factor" and rest[0] in ("gradmix", "gradient")
+        return (0 if gm else 1, {"baseline": 0, "gradmix": 1, "factor": 2}[kind])
+
+    ordered = sorted(groups.items(), key=rank)
+    sentences = [_best_sentence(res)]
+    room = MAX_SENTENCES - 2
+    shown = ordered if len(ordered) <= room else ordered[:room - 1]
+    sentences += [_group_sentence(g, res) for _, g in shown]
+    rest = [c for _, g in ordered[len(shown):] for c in g]
+    if rest:
+        sig = sum(_significant(c, res["power"]["alpha"]) for c in rest)
+        sentences.append(f"Of the other {len(rest)} comparisons (of {len(res['comparisons'])}, listed under "
+                         f"Comparisons), {sig} {'is' if sig == 1 else 'are'} significant after Holm correction.")
+    if res["arms"]:
+        sentences.append(_power_sentence(res))
+    n = res["n_min"]
+    warning = (f"Only {n} seed{'s' if n != 1 else ''} per arm (fewer than {FEW_SEEDS}): t-intervals are wide, "
+               f"bootstrap intervals too narrow (they can only resample these seeds) and p-values rough."
+               if 0 < n < FEW_SEEDS else "")
+    who = f"the arm {base['name']}" if base["kind"] == "arm" else f"the method {base['name']}"
+    line = f"Baseline: {who} ({base['rule']})." + (f" Note: {base['warning']}." if base.get("warning") else "")
+    return {"question": res["question"], "sentences": sentences, "warning": warning, "baseline": line}

@@ -1,0 +1,142 @@
+"""Every use of Ray's private APIs in gradmix-tune, each behind a small named function saying why no public API serves.
+
+Ray is pinned (constraints.txt); tests/sweep/test_ray_compat.py fails loudly when an upgrade
+changes any of these. Everything else in sweep/ uses Ray's public (or DeveloperAPI) surface.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# Trainable.restore receives (and hands on to Ray) a _TrainingResult: the checkpoint together
+# with the metrics recorded with it. Ray exports no public type for it.
+from ray.train._internal.session import _TrainingResult
+
+
+# ---------------------------------------------------------------------------- restoring a trial
+def training_result(checkpoint, metrics: dict) -> Any:
+    """What Ray passes to Trainable.restore: a checkpoint and the result recorded with it. A
+    restore that picks another checkpoint (sweep.checkpoints.usable_checkpoint) must hand Ray's
+    restore the same type; there is no public constructor."""
+    return _TrainingResult(checkpoint=checkpoint, metrics=metrics)
+
+
+def is_training_result(obj: Any) -> bool:
+    """Trainable.restore also takes a path or a Checkpoint (legacy); only Ray's own restore of a
+    trial passes a _TrainingResult."""
+    return isinstance(obj, _TrainingResult)
+
+
+def raise_checkpoint_index(trainable, at_least: int) -> None:
+    """The next checkpoint a restored trial writes goes to checkpoint_<index+1>. Ray takes the
+    index from its saved state, which can lag the trial's folder (a driver killed between the
+    two): raise it past the newest folder there, so no checkpoint is written over. The index
+    lives on the trainable's private StorageContext (`_storage`); no public API sets it."""
+    storage = getattr(trainable, "_storage", None)
+    if storage is not None:
+        storage.current_checkpoint_index = max(storage.current_checkpoint_index, at_least)
+
+
+# ---------------------------------------------------------------------------- resuming a study
+def _local_tuner(tuner):
+    """Tuner.restore builds the Tuner's internals from its pickle; only the private TunerInternal
+    (`_local_tuner`, None with Ray Client) holds its run and tune configs."""
+    return getattr(tuner, "_local_tuner", None)
+
+
+def replace_callbacks(tuner, callbacks: list) -> bool:
+    """A restored Tuner runs with the callbacks pickled when the study started; Tuner.restore
+    takes no RunConfig. Give it fresh ones (the MLflow writer reopens its runs, the progress
+    lines start over). False when this Tuner has no local internals (Ray Client)."""
+    inner = _local_tuner(tuner)
+    if inner is None:
+        return False
+    inner._run_config.callbacks = callbacks
+    return True
+
+
+def restored_search_alg(tuner):
+    """The restored Tuner's search algorithm (its saved position already loaded), to adjust
+    before fit(): Tuner.restore takes no TuneConfig and the Tuner does not expose it."""
+    inner = _local_tuner(tuner)
+    return inner._tune_config.search_alg if inner is not None else None
+
+
+def set_generator_count(generator, trials_created: int) -> None:
+    """SearchGenerator counts the trials it created in `_counter` (and stops at num_samples, or
+    once `_finished`); its saved count can be ahead of Ray's saved trial list. Set it to the
+    trials the state holds, so the missing ones are created again; no public setter."""
+    generator._counter = trials_created
+    generator._finished = False
+
+
+# ---------------------------------------------------------------------------- after fit()
+def result_trials(result_grid) -> list:
+    """The live Trial objects behind a ResultGrid (status, id, error file), in its order. A
+    Result has no trial status (RUNNING, TERMINATED, ERROR): only the grid's private
+    ExperimentAnalysis keeps the Trials. [] when they cannot be had."""
+    try:
+        return list(result_grid._experiment_analysis.trials)
+    except Exception:  # noqa: BLE001
+        return []
+
+
+# ---------------------------------------------------------------------------- joining a cluster
+# Ray 2.60 turns token authentication on for a cluster that `ray start --head` launches on a
+# machine with a token (~/.ray/auth_token: every local ray.init() writes one). A driver finds that
+# out by itself only for address "auto"; with an explicit address it connects without its token,
+# is refused, and Ray retries for ~20 s before a ConnectionError. Ray's public API has no way to
+# ask whether a token is available, to turn token mode on for this process, or to try the GCS
+# once with a deadline.
+
+def token_available() -> bool:
+    """A token Ray would send: $RAY_AUTH_TOKEN, the file at $RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token (Ray's own loader, whatever the auth mode now is)."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
+
+
+def enable_token_auth_if_available() -> bool:
+    """What ray.init(address="auto") does for a found cluster, for an explicit address too: with
+    RAY_AUTH_MODE unset and a token available, set RAY_AUTH_MODE=token for this process (and the
+    processes it starts). Returns whether token mode is on; an explicit RAY_AUTH_MODE is kept."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    return bool(maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
+
+
+_PROBE = r"""
+import sys
+from ray._raylet import InnerGcsClient
+from ray.exceptions import AuthenticationError
+try:
+    InnerGcsClient.standalone(sys.argv[1], None, int(sys.argv[2]))
+except AuthenticationError as e:
+    print("auth", str(e).split(".")[0])
+except Exception as e:
+    print("error", (str(e).strip().splitlines() or [type(e).__name__])[0])
+else:
+    print("ok")
+"""
+
+
+def probe_gcs(address: str, timeout_s: float = 15.0) -> tuple[str, str]:
+    """Ask the GCS at host:port for its cluster id once, with this process's environment (auth
+    mode, token), in a child process: ("ok", ""), ("auth", why) when it refuses the token (or
+    its absence), ("error", why) otherwise, ("timeout", "") when no answer comes in timeout_s.
+    A child, because Ray's GCS client logs to the process's stderr, aborts the process when
+    token mode is on without a token, and retries a silent port for ~15 s."""
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _PROBE, address, str(int(timeout_s * 1000))],
+                             capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "timeout", ""
+    words = (res.stdout.strip().splitlines() or [""])[-1].split(" ", 1)
+    if words[0] in ("ok", "auth", "error"):
+        return words[0], words[1] if len(words) > 1 else ""
+    return "error", f"the check exited with code {res.returncode}"

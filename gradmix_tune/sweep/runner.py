@@ -1,0 +1,78 @@
+"""run_study: check the storage, run the study's trials on Ray (tuner.py), print the per-arm summary, build the report.
+
+Exit codes (SweepOutcome.exit_code): 0 every trial ran to the end (or was stopped early by
+ASHA), 1 some trial failed, 130 interrupted (resumable); bad input (including unusable storage)
+raises ConfigError, which the command turns into 2. Importing this module imports no ray: Ray is
+loaded only once the checks that need none have passed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .storage import check_storage
+from .study import Study
+from .summary import SweepOutcome, summary_table
+
+# Set for the study's run, before ray is imported (a value the user set wins):
+RAY_ENV = {
+    "OMP_NUM_THREADS": "1",  # local workers inherit it; each trial sets torch threads to its CPUs
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # we snapshot at every checkpoint
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no TensorBoard / CSV writer per result (JSON is kept)
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: Ray prints no tables; the Progress callback reports
+}
+
+
+def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, max_concurrent: int | None = None,
+              num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None,
+              storage_given: bool = True, dashboard: bool = False, reports_dir: str = "reports",
+              heartbeat_s: float = 30.0, callbacks: list | None = None) -> SweepOutcome:
+    """Run (or resume) the study on Ray; print progress and the per-arm summary. `callbacks`:
+    more Ray Tune callbacks for the driver (e.g. benchmarks/sweep_throughput.py's trial clock)."""
+    check_storage(study, resume, overwrite)  # before Ray starts
+    saved_env = {k: os.environ.get(k) for k in RAY_ENV}
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        from .tuner import fit_study  # ray: here, once the input is known to be good
+
+        trials, parent_run_id = fit_study(study, resume=resume, max_concurrent=max_concurrent, num_cpus=num_cpus,
+                           num_gpus=num_gpus, address=address, storage_given=storage_given, dashboard=dashboard,
+                           heartbeat_s=heartbeat_s, callbacks=list(callbacks or []))
+        return _finish(study, trials, storage_given, reports_dir, parent_run_id)
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _finish(study: Study, trials: list, storage_given: bool, reports_dir: str,
+            parent_run_id: str | None) -> SweepOutcome:
+    """After the trials: the summary, the failures, then the report on the study's MLflow parent
+    run (or how to resume)."""
+    print()
+    print(summary_table(study, trials))
+    failed = [t for t in trials if t.status == "failed"]
+    for t in failed:
+        print(f"  failed: trial {t.config.get('index')} ({t.config.get('arm')}, seed {t.config.get('seed')}): "
+              f"{t.error}")
+    unfinished = [t for t in trials if t.status == "unfinished"]
+    interrupted = bool(unfinished) or len(trials) < study.num_trials
+    print(f"\nresults  {study.experiment_path}\ntracking {study.tracking_uri}", flush=True)
+    if interrupted:  # Ctrl-C: Ray saved the state; the report waits for the whole study
+        left = study.num_trials - sum(t.status in ("ok", "failed", "stopped") for t in trials)
+        print(f"interrupted with {left} of {study.num_trials} trials to go: continue with\n"
+              f"  gradmix-tune sweep {study.path} --resume" +
+              (f" --storage {study.storage_path}" if storage_given else ""), flush=True)
+        return SweepOutcome(study, trials, 130)
+    try:
+        from ..report import after_sweep  # here: --dry-run and bad input read no report code
+
+        report_dir = after_sweep(study, study.tracking_uri, out_dir=reports_dir, parent_run_id=parent_run_id)
+    except Exception as e:  # noqa: BLE001 - the trials' results stand; the report can be rebuilt later
+        print(f"warning: the report failed ({type(e).__name__}: {e}); rebuild it with "
+              f"`gradmix-tune report {study.name}`", file=sys.stderr)
+        report_dir = None
+    return SweepOutcome(study, trials, 1 if failed else 0, str(report_dir) if report_dir else None)

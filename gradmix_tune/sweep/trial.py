@@ -1,0 +1,135 @@
+"""The trainable: train_trial (one config, one seed) and the Trainable Ray runs, whose restore trusts no bad checkpoint.
+
+The trainable reports `results.epoch_result` after every epoch and `results.task_result` with a
+checkpoint after every task; on restore (a retried trial, `--resume`) it continues at the last
+finished task. torch and the learner are imported inside train_trial: the driver, which only
+pickles the Trainable, never loads them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import posixpath
+import sys
+import tempfile
+
+from ray import tune
+from ray.tune.trainable.function_trainable import wrap_function
+
+from .. import results
+from ..config import ConfigError, from_dict
+from . import ray_compat
+from .checkpoints import CHECKPOINT_FILE, newest_checkpoint_index, usable_checkpoint
+
+# Trial id -> what Trainable.restore did about an unusable checkpoint (set in the trial's actor
+# by Trainable.restore, read by train_trial in the same process).
+_RESTORE_NOTES: dict[str, str] = {}
+
+
+def train_trial(config: dict) -> None:
+    """Ray Tune function trainable: one ExperimentConfig (config["config"]), one seed.
+
+    Reports results.epoch_result after every epoch and results.task_result with a checkpoint
+    (the learner's state_dict) after every task; resumes at the last finished task."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    from ..learner import Hooks, run
+
+    if config.get("invalid"):
+        raise ConfigError("search", None, config["invalid"])  # a sampled value the config rejects
+    cfg = from_dict(copy.deepcopy(config["config"]), f"trial arm '{config['arm']}' seed {config['seed']}")
+    cpus, gpus = _trial_resources()
+    torch.set_num_threads(max(1, int(cpus)))
+    cfg.train.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+    state = None
+    last_avg = [float("nan")]
+    # what Trainable.restore had to do about a missing or unreadable checkpoint (see
+    # checkpoints.usable_checkpoint): said in the first result, which the driver's progress lines print
+    note = [_RESTORE_NOTES.pop(tune.get_context().get_trial_id(), None)]
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        try:
+            with ckpt.as_directory() as d:
+                # weights_only=True works: the state is tensors, numbers, strings, lists, dicts, tuples
+                state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - checked in restore; changed on storage since
+            raise RuntimeError(f"checkpoint {ckpt.path} cannot be read ({type(e).__name__}: {e})") from e
+        if state["next_task"] >= cfg.data.tasks:
+            return  # finished before the driver recorded it: its last result is the checkpoint's
+        if state["tasks"]:
+            last_avg[0] = state["tasks"][-1]["avg_acc"]
+
+    def on_epoch(rec):
+        avg = last_avg[0]
+        if not math.isfinite(avg):  # during the first task: the accuracy on its classes so far
+            avg = rec.seen_acc if math.isfinite(rec.seen_acc) else 0.0
+        r = results.epoch_result(rec, avg)
+        if note[0]:
+            r["restore_note"], note[0] = note[0], None
+        tune.report(r)
+
+    def on_task(rec, learner):
+        last_avg[0] = rec.avg_acc
+        metrics = results.task_result(rec, learner)
+        with tempfile.TemporaryDirectory(prefix="gradmix-ckpt-") as d:
+            torch.save(learner.state_dict(), os.path.join(d, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run(cfg, Hooks(on_epoch=on_epoch, on_task=on_task), resume=state, bench=_cached_benchmark(cfg))
+
+
+def _trial_resources() -> tuple[float, float]:
+    try:
+        req = tune.get_context().get_trial_resources().required_resources
+        return float(req.get("CPU", 1)), float(req.get("GPU", 0))
+    except Exception:  # noqa: BLE001 - outside a Tune session
+        return 1.0, 0.0
+
+
+_BENCH_CACHE: dict = {}
+
+
+def _cached_benchmark(cfg):
+    """The last dataset this worker loaded, reused while the data section is the same: with
+    reuse_actors, a study's trials on MNIST load it once per worker, not once per trial.
+    (The learner never changes the tensors in place.)"""
+    from ..data import load_benchmark
+    from ..learner import pick_device
+
+    device = pick_device(cfg.train.device)
+    key = json.dumps([dataclasses.asdict(cfg.data), str(device)], sort_keys=True)
+    if key not in _BENCH_CACHE:
+        _BENCH_CACHE.clear()  # one dataset at a time: bounded memory
+        _BENCH_CACHE[key] = load_benchmark(cfg, device)
+    return _BENCH_CACHE[key]
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder in the study's storage: t<index>_<trial id> (TuneConfig.trial_dirname_creator)."""
+    return f"t{int(trial.config.get('index', 0)):04d}_{trial.trial_id}"
+
+
+class Trainable(wrap_function(train_trial)):
+    """train_trial as Ray runs it, with a restore that never trusts a missing or unreadable
+    checkpoint (checkpoints.usable_checkpoint) and never writes over an existing checkpoint folder."""
+
+    def restore(self, checkpoint_path):
+        if not ray_compat.is_training_result(checkpoint_path):
+            return super().restore(checkpoint_path)
+        ckpt = checkpoint_path.checkpoint
+        # the saved state can lag the folder: the next checkpoint goes after the newest there
+        # (Ray raises the index, then writes checkpoint_<index>)
+        newest = newest_checkpoint_index(ckpt.filesystem, posixpath.dirname(ckpt.path.rstrip("/")))
+        ray_compat.raise_checkpoint_index(self, newest)
+        chosen, note = usable_checkpoint(checkpoint_path)
+        if note:
+            _RESTORE_NOTES[self.trial_id] = note
+            print(f"gradmix-tune: trial {self.trial_id}: {note}", file=sys.stderr, flush=True)
+        if chosen is None:  # Ray's restore skipped: train_trial gets no checkpoint and starts at task 0
+            return None
+        return super().restore(chosen)

@@ -1,0 +1,145 @@
+"""Conventions of the MLflow store shared by the writers and the report: URI, tags, limits, errors."""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_RUN_EXPERIMENT = "gradmix-runs"
+
+# tags
+ROLE = "gradmix.role"  # parent | trial | run
+SESSION = "gradmix.session"  # the logger instance that created a parent run
+STEPS = "gradmix.steps"  # JSON high-water marks of the logged metric steps of a child run
+PARENT = "mlflow.parentRunId"
+
+PARAM_MAX = 6000  # MLflow's limit on a param value
+TAG_MAX = 5000
+_PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                    "BAD_REQUEST", "INVALID_STATE", "PERMISSION_DENIED", "UNAUTHENTICATED",
+                    "ENDPOINT_NOT_FOUND", "FEATURE_DISABLED", "NOT_FOUND", "MALFORMED_REQUEST"}
+
+
+def resolve_tracking_uri(cli_value: str | None = None) -> str:
+    """`--tracking-uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (what `mlflow ui` opens)."""
+    return cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def artifact_root(uri: str) -> str | None:
+    """For a sqlite store, artifacts go to `mlruns/` beside the database file (MLflow's own
+    default is ./mlruns under whatever the current folder is); a server decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    return (db.parent / "mlruns").as_uri()
+
+
+@contextmanager
+def http_limits():
+    """Fail fast on HTTP errors (the writer's queue retries) and print no run links, unless the
+    user set these."""
+    defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # not one "View run" line per trial
+    added = [k for k in defaults if k not in os.environ]
+    for k in added:
+        os.environ[k] = defaults[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def method_of(factors: dict, config: dict) -> str:
+    """The method a trial runs: the swept `method`, else the config's `method`, else its selection."""
+    if factors.get("method"):
+        return str(factors["method"])
+    if config.get("method"):
+        return str(config["method"])
+    return str((config.get("mixing") or {}).get("selection") or "unknown")
+
+
+def study_info(study) -> dict:
+    """What the store keeps of a study (a sweep's Study, or a dict with its fields): name,
+    experiment (default: the name), ablation path and text, grid, seeds, metric, mode."""
+    get = (lambda k, d=None: study.get(k, d)) if isinstance(study, dict) else \
+        (lambda k, d=None: getattr(study, k, d))
+    name = str(get("name") or "study")
+    return {"name": name, "experiment": str(get("experiment") or name), "path": str(get("path") or ""),
+            "raw_text": get("raw_text") or "", "grid": dict(get("grid") or {}),
+            "seeds": list(get("seeds") or []), "metric": str(get("metric") or "final_avg_acc"),
+            "mode": str(get("mode") or "max")}
+
+
+def param_value(v: Any) -> str:
+    """A param as MLflow stores it: lists and dicts as JSON, cut to MLflow's limit."""
+    s = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= PARAM_MAX else s[:PARAM_MAX - 3] + "..."
+
+
+def tag_value(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= TAG_MAX else s[:TAG_MAX - 3] + "..."
+
+
+def git_info(cwd: str | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the checkout the command runs in (else of this package)."""
+    for where in (cwd or os.getcwd(), str(Path(__file__).resolve().parent)):
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                                    text=True, timeout=10).stdout.strip()
+            if not commit:
+                continue
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def source_tags(command: str | None = None) -> dict[str, str]:
+    """Tags naming where a run came from: command line, git commit and dirty flag, user."""
+    g = git_info()
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = "unknown"
+    tags = {"command": command if command is not None else " ".join(sys.argv),
+            "git_commit": g["git_commit"], "git_dirty": g["git_dirty"],
+            "mlflow.user": user, "mlflow.source.type": "LOCAL",
+            "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "gradmix-tune"}
+    if g["git_commit"] != "unknown":
+        tags["mlflow.source.git.commit"] = g["git_commit"]
+    return tags
+
+
+def is_network_error(e: BaseException) -> bool:
+    """A transient failure: server unreachable, timeout, a locked or busy database."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    mod = type(e).__module__ or ""
+    if mod.startswith(("requests", "urllib3", "http.client", "sqlalchemy", "sqlite3")):
+        return True
+    text = str(e)
+    return any(s in text for s in ("API request to", "Max retries exceeded", "Connection refused",
+                                   "database is locked", "timed out", "TEMPORARILY_UNAVAILABLE"))
+
+
+def is_permanent(e: BaseException) -> bool:
+    """MLflow refused the request for good (a bad value, a missing run): retrying cannot help."""
+    code = getattr(e, "error_code", None)
+    return code in _PERMANENT_CODES and not is_network_error(e)
+
+
+def short(e: BaseException) -> str:
+    """An exception in one line of at most 300 characters, for a warning."""
+    s = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return s if len(s) < 300 else s[:297] + "..."

@@ -1,0 +1,147 @@
+"""sweep/ray_compat.py: Ray's private APIs that gradmix-tune relies on still behave as it expects.
+
+Each test names the private piece it guards; a Ray upgrade that changes one fails here, loudly and
+by name, rather than as a resume that quietly re-runs trials or writes over a checkpoint. The
+last test drives a real (tiny) Tuner through a crash, a restore and a Tuner.restore.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from ray import tune
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+from ray.tune.trainable.function_trainable import wrap_function
+
+from gradmix_tune.sweep import ray_compat
+from gradmix_tune.sweep.search import GridSearcher, StudySearchGenerator, set_known_trials
+
+
+def test_training_result_is_a_checkpoint_with_its_metrics(tmp_path):
+    """ray.train._internal.session._TrainingResult(checkpoint=, metrics=): what Trainable.restore gets."""
+    ckpt = tune.Checkpoint.from_directory(str(tmp_path))
+    r = ray_compat.training_result(ckpt, {"tasks_done": 2})
+    assert r.checkpoint is ckpt and r.metrics == {"tasks_done": 2}
+    assert ray_compat.is_training_result(r)
+    assert not ray_compat.is_training_result(ckpt) and not ray_compat.is_training_result(str(tmp_path))
+
+
+def test_trainable_restore_still_takes_a_checkpoint_path_argument():
+    """trial.Trainable overrides Trainable.restore(checkpoint_path) and calls it with a _TrainingResult."""
+    import inspect
+
+    params = list(inspect.signature(tune.Trainable.restore).parameters)
+    assert params == ["self", "checkpoint_path"], params
+
+
+def test_search_generator_counts_created_trials_in_counter_and_finished():
+    """SearchGenerator._counter / ._finished: what set_generator_count sets is what get_state and
+    is_finished read (a resume re-creates the trials Ray's saved state lacks)."""
+    g = SearchGenerator(ConcurrencyLimiter(GridSearcher([{"index": 0}, {"index": 1}]), max_concurrent=1))
+    g.set_state({"counter": 2, "total_samples": 2, "finished": True, "experiment": None})
+    assert g.is_finished()
+    ray_compat.set_generator_count(g, 1)
+    assert g.get_state()["counter"] == 1 and not g.get_state()["finished"] and not g.is_finished()
+
+    study_gen = StudySearchGenerator(ConcurrencyLimiter(GridSearcher([{"index": 0}, {"index": 1}]), max_concurrent=1))
+    set_known_trials(study_gen, {0})
+    study_gen.set_state({"counter": 2, "total_samples": 2, "finished": True, "experiment": None})
+    assert study_gen.get_state()["counter"] == 1 and not study_gen.is_finished()
+
+
+def test_tuner_internals_hold_callbacks_and_search_alg(tmp_path):
+    """Tuner._local_tuner._run_config.callbacks and ._tune_config.search_alg (no Ray needed to build one)."""
+    alg = StudySearchGenerator(ConcurrencyLimiter(GridSearcher([{"index": 0}]), max_concurrent=1))
+    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=alg, num_samples=1),
+                       run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), callbacks=[]))
+    assert ray_compat.restored_search_alg(tuner) is alg
+    assert ray_compat.replace_callbacks(tuner, [tune.Callback()])
+
+
+class _Ended(tune.Callback):
+    """Writes the number of trials at the end of a fit to a file (the driver runs callbacks)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_experiment_end(self, trials, **info):
+        Path(self.path).write_text(json.dumps(sorted(t.status for t in trials)))
+
+
+@pytest.mark.integration
+def test_a_tiny_tuner_crash_restore_and_resume_use_them_as_expected(tmp_path, ray_address):
+    """Two trials count to 3 with a checkpoint per step and crash once after 2 (max_failures=1):
+    Ray's retry calls Trainable.restore with a _TrainingResult; raising the storage's
+    current_checkpoint_index moves the next checkpoint folder past it; skipping Ray's restore starts
+    the function over without a checkpoint. result_trials reads the grid's Trials. Tuner.restore then
+    takes fresh callbacks (replace_callbacks) and a search algorithm whose known trials make the
+    generator's count (set_generator_count) re-create the one trial left out."""
+
+    def counting(config):
+        ckpt = tune.get_checkpoint()
+        n = 0
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                n = int((Path(d) / "n").read_text())
+        while n < 3:
+            n += 1
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "n").write_text(str(n))
+                tune.report({"n": n, "index": config["index"]}, checkpoint=tune.Checkpoint.from_directory(d))
+            if n == 2 and not os.path.exists(config["marker"]):
+                Path(config["marker"]).write_text("")
+                raise RuntimeError("crash once")
+
+    class Probe(wrap_function(counting)):  # defined here: pickled by value to the workers
+        def restore(self, checkpoint_path):
+            with open(self.config["log"], "a") as f:
+                f.write(json.dumps({"index": self.config["index"],
+                                    "training_result": ray_compat.is_training_result(checkpoint_path)}) + "\n")
+            ray_compat.raise_checkpoint_index(self, 9)
+            if self.config["drop"]:
+                return None  # skip Ray's restore: the function gets no checkpoint
+            return super().restore(checkpoint_path)
+
+    trials = [{"index": i, "drop": i == 1, "marker": str(tmp_path / f"crashed{i}"), "log": str(tmp_path / "log")}
+              for i in range(2)]
+    alg = StudySearchGenerator(ConcurrencyLimiter(GridSearcher(trials), max_concurrent=2))
+    tuner = tune.Tuner(
+        Probe, tune_config=tune.TuneConfig(search_alg=alg, num_samples=2),
+        run_config=tune.RunConfig(name="tiny", storage_path=str(tmp_path / "rr"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1)))
+    grid = tuner.fit()
+    assert not grid.errors
+    restores = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert sorted(r["index"] for r in restores) == [0, 1] and all(r["training_result"] for r in restores)
+
+    live = ray_compat.result_trials(grid)
+    assert len(live) == 2 and {t.status for t in live} == {"TERMINATED"}
+    by_index = {}
+    for r, t in zip(grid, live):
+        assert r.config["index"] == t.config["index"]
+        by_index[r.config["index"]] = (r, Path(r.path))
+    for i, (r, folder) in by_index.items():
+        ns = [json.loads(line)["n"] for line in (folder / "result.json").read_text().splitlines()]
+        ckpts = sorted(p.name for p in folder.glob("checkpoint_*"))
+        if i == 0:  # restored from n=2; its next checkpoint after the raised index
+            assert ns == [1, 2, 3], ns
+            assert ckpts == ["checkpoint_000000", "checkpoint_000001", "checkpoint_000010"], ckpts
+        else:  # restore skipped: started over, checkpoints still after the raised index
+            assert ns == [1, 2, 1, 2, 3], ns
+            assert ckpts[-3:] == ["checkpoint_000010", "checkpoint_000011", "checkpoint_000012"], ckpts
+
+    # --resume as tuner.py does it: fresh callbacks; the saved state "knows" only trial 0, so the
+    # generator's count drops to 1 and the grid searcher hands out trial 1 again
+    restored = tune.Tuner.restore(str(tmp_path / "rr" / "tiny"), Probe, resume_unfinished=True, resume_errored=True)
+    ended = tmp_path / "ended.json"
+    assert ray_compat.replace_callbacks(restored, [_Ended(str(ended))])
+    search_alg = ray_compat.restored_search_alg(restored)
+    assert isinstance(search_alg, StudySearchGenerator)
+    set_known_trials(search_alg, {0})
+    grid2 = restored.fit()
+    assert json.loads(ended.read_text()) == ["TERMINATED"] * 3  # the fresh callback ran
+    assert sorted(r.config["index"] for r in grid2) == [0, 1, 1]
+    assert len(ray_compat.result_trials(grid2)) == 3

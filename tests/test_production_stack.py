@@ -1,0 +1,243 @@
+"""The README's production stack, run for real on this machine (issue 15).
+
+- An `mlflow server` with its runs in PostgreSQL and its artifacts in S3 (a local S3 server:
+  moto): a real study logs to it over HTTP, its runs and metrics are in PostgreSQL, its
+  artifacts in the bucket, and `gradmix-tune report` rebuilds the report from the server alone.
+  The driver has no S3 settings at all: only the server talks to S3.
+- Ray storage on s3:// (the same S3 server, reached through pyarrow's S3 file system with
+  AWS_ENDPOINT_URL): a study checkpoints there, its driver is SIGKILLed after a trial has
+  finished, and `--resume` finishes it from the bucket without running any trial twice.
+
+The services come from tests/services.py (session fixtures; skipped only when not installed).
+The drivers run as subprocesses joining one local Ray (2 CPUs) whose workers have the S3
+settings, as a cluster's nodes would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from services import mlflow_server, postgres, s3  # noqa: F401 - pytest fixtures
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE = """\
+base:
+  data: {name: digits, tasks: 3}
+  model: {name: mlp, hidden: [32]}
+  train: {epochs: 2, batch_size: 10, lr: 0.1}
+  memory: {size: 60}
+"""
+
+
+def ablation(tmp_path: Path, name: str, body: str, base: str = BASE) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"name: {name}\n" + base + textwrap.dedent(body))
+    return p
+
+
+def driver_env(**extra) -> dict:
+    """The driver's environment: no S3 or MLflow settings of ours unless given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def gradmix(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gradmix_tune", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def s3_ray(s3):
+    """A local Ray (2 CPUs) whose workers can reach the S3 server (AWS_ENDPOINT_URL and keys in
+    their environment, as on a cluster's nodes); drivers join it with --address."""
+    import ray
+
+    saved = {k: os.environ.get(k) for k in s3.env}
+    os.environ.update(s3.env)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------- MLflow on PostgreSQL + S3
+def test_study_logs_to_mlflow_server_on_postgres_and_s3(tmp_path, mlflow_server, s3_ray):
+    from mlflow.tracking import MlflowClient
+
+    path = ablation(tmp_path, "prod_mlflow", """\
+        grid: {method: [er, gradmix]}
+        seeds: [0]
+        """)
+    env = driver_env()  # no AWS_*: artifacts go through the server
+    res = gradmix("sweep", str(path), "--tracking-uri", mlflow_server.url, "--address", s3_ray,
+                  "--storage", str(tmp_path / "ray_results"), "--reports", str(tmp_path / "reports"), env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "2/2 done" in res.stdout and f"tracking {mlflow_server.url}" in res.stdout
+
+    client = MlflowClient(mlflow_server.url)
+    exp = client.get_experiment_by_name("prod_mlflow")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2, [r.info.run_name for r in runs]
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert 0 < r.data.metrics["final_avg_acc"] <= 1
+        history = client.get_metric_history(r.info.run_id, "avg_acc")
+        assert [m.step for m in history] == [1, 2, 3]  # one point per task
+        assert "config.yaml" in {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert sorted(r.data.tags["arm"] for r in children) == ["method=er", "method=gradmix"]
+
+    # the runs are rows in PostgreSQL (not a file store), the artifacts objects in the bucket
+    import psycopg
+
+    with psycopg.connect(mlflow_server.postgres.uri) as conn:
+        n = conn.execute("SELECT count(*) FROM runs WHERE experiment_id = %s",
+                         (int(exp.experiment_id),)).fetchone()[0]
+        metrics = conn.execute("SELECT count(*) FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                               "WHERE r.experiment_id = %s AND m.key = 'final_avg_acc'",
+                               (int(exp.experiment_id),)).fetchone()[0]
+    assert n == 3 and metrics == 2
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
+    keys = mlflow_server.s3.keys(f"mlflow/{exp.experiment_id}/")
+    for r in children:
+        assert f"mlflow/{exp.experiment_id}/{r.info.run_id}/artifacts/config.yaml" in keys, sorted(keys)[:20]
+        assert f"mlflow/{exp.experiment_id}/{r.info.run_id}/artifacts/accuracy_matrix.png" in keys
+    parent = parents[0].info.run_id
+    assert f"mlflow/{exp.experiment_id}/{parent}/artifacts/report/report.md" in keys  # the sweep's report
+
+    # the report, rebuilt from the server alone (another folder, nothing local to read)
+    out = tmp_path / "rebuilt"
+    rep = gradmix("report", "prod_mlflow", "--tracking-uri", mlflow_server.url, "--out", str(out), env=env,
+                  timeout=180)
+    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
+    text = (out / "prod_mlflow" / "report.md").read_text()
+    assert "method=er" in text and "method=gradmix" in text
+    assert (out / "prod_mlflow" / "report.html").exists()
+    summary = json.loads((out / "prod_mlflow" / "summary.json").read_text())
+    assert "2 runs" in rep.stdout and summary
+
+
+# ---------------------------------------------------------------------------- Ray storage on s3://
+def saved_state(s3, prefix: str) -> dict[str, tuple[str, int]]:
+    """Ray's newest saved state of the study in the bucket: trial id -> (status, tasks done at
+    its last result). What a --resume starts from."""
+    states = sorted(k for k in s3.keys(prefix) if k.rsplit("/", 1)[-1].startswith("experiment_state-"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(s3.read(states[-1]))
+    except ValueError:  # being written
+        return {}
+    out = {}
+    for trial_json, meta_json in data["trial_data"]:
+        trial, meta = json.loads(trial_json), json.loads(meta_json)
+        out[trial["trial_id"]] = (trial["status"], int((meta.get("last_result") or {}).get("tasks_done") or 0))
+    return out
+
+
+def trial_results(s3, prefix: str) -> dict[str, list[dict]]:
+    """Trial folder name -> the rows of its result.json in the bucket."""
+    out = {}
+    for key in s3.keys(prefix):
+        parts = key[len(prefix):].split("/")
+        if len(parts) == 2 and parts[1] == "result.json" and parts[0].startswith("t"):
+            out[parts[0]] = [json.loads(x) for x in s3.read(key).decode().splitlines() if x.strip()]
+    return out
+
+
+def test_s3_storage_study_killed_and_resumed(tmp_path, s3, s3_ray):
+    path = ablation(tmp_path, "prod_s3", """\
+        base:
+          data: {name: digits, tasks: 4}
+          model: {name: mlp, hidden: [32]}
+          train: {epochs: 3, batch_size: 10, lr: 0.1}
+          memory: {size: 60}
+        grid: {method: [er, er_mixup, gradmix]}
+        seeds: [0]
+        """, base="")
+    storage = f"s3://{s3.bucket}/ray"
+    prefix = "ray/prod_s3/"
+    args = ["sweep", str(path), "--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+            "--reports", str(tmp_path / "reports"), "--address", s3_ray, "--max-concurrent", "1"]
+    env = driver_env(**s3.env)  # pyarrow's S3 file system reads AWS_ENDPOINT_URL and the keys
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "gradmix_tune", *args], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    try:  # kill once the bucket's saved state has a finished trial and one part-way through
+        while True:
+            assert proc.poll() is None, "ended before the kill: " + (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished in time: " + \
+                (tmp_path / "driver.log").read_text()[-3000:]
+            state = saved_state(s3, prefix)
+            done = [t for t, (st, _) in state.items() if st == "TERMINATED"]
+            partial = {t: k for t, (st, k) in state.items() if st in ("RUNNING", "PENDING") and 1 <= k < 4}
+            if done and partial:
+                break
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver (it joined the Ray above: its trials go on
+        proc.wait()                          # until Ray sees the driver gone, then stop)
+        log.close()
+    assert "-> s3://gradmix-test/ray/prod_s3" in (tmp_path / "driver.log").read_text()
+    before = trial_results(s3, prefix)
+    finished = {n: rows for n, rows in before.items() if any("final_avg_acc" in r for r in rows)
+                and n.split("_", 1)[1] in done}
+    assert finished, sorted(before)
+    ckpts_before = {k for k in s3.keys(prefix) if "/checkpoint_" in k}
+    assert ckpts_before  # the checkpoints are in the bucket
+
+    res = gradmix(*args, "--resume", env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"resuming study prod_s3 from {storage}/prod_s3" in res.stdout and "3/3 done" in res.stdout
+
+    after = trial_results(s3, prefix)
+    finals = {}
+    for name, rows in after.items():
+        ends = [r for r in rows if "final_avg_acc" in r]
+        assert len(ends) <= 1, (name, len(ends))  # no trial ends twice
+        if ends:
+            finals.setdefault(ends[0]["config"]["index"], []).append(name)
+    assert sorted(finals) == [0, 1, 2] and all(len(v) == 1 for v in finals.values()), finals  # each trial once
+    for name, rows in finished.items():  # finished before the kill: not run again
+        assert after[name] == rows
+    # the interrupted trial continued from its checkpoint in the bucket: its tasks were not redone
+    resumed = [name for name in after if name.split("_", 1)[1] in partial]
+    assert resumed, (partial, sorted(after))
+    for name in resumed:
+        tasks = [r["tasks_done"] for r in after[name] if r.get("kind") == "task"]
+        assert tasks == [1, 2, 3, 4], tasks
+        # Ray appended to the rows it had (tasks 1..k before the kill): the rows after them start
+        # past the trial's last checkpoint, not at task 1 again
+        old = before.get(name, [])
+        assert after[name][:len(old)] == old
+        print("DEBUG", name, partial, [(r.get("kind"), r.get("task"), r.get("tasks_done")) for r in old], [(r.get("kind"), r.get("task"), r.get("tasks_done")) for r in after[name][len(old):]])
+    keys = s3.keys(prefix)
+    for name in after:  # each trial's last checkpoint is in the bucket
+        assert any(k.startswith(f"{prefix}{name}/checkpoint_") and k.endswith("learner.pt") for k in keys), name
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("prod_s3")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}  # resumed in the same runs
