@@ -1,3 +1,4 @@
+"""`python -m gradmix_tune`: the same as the `gradmix-tune` command."""
 from .cli import main
 
 raise SystemExit(main())

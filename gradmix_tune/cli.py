@@ -43,7 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .data import load_benchmark  # torch import after the config is known good
     from .learner import DivergedError, Hooks, pick_device, run
 
-    bench = load_benchmark(cfg, pick_device(cfg.train.device))  # a missing dataset is bad input: exit 2
+    try:
+        bench = load_benchmark(cfg, pick_device(cfg.train.device))  # a missing dataset is bad input: exit 2
+    except ConfigError as e:  # name the file the data section came from
+        raise ConfigError(e.where or args.config or "gradmix-tune run", e.key, e.problem, e.fix) from None
     tracker = None
     if not args.no_track:  # MLflow: a run without a parent, logged like a sweep's trial
         from .tracking import RunLogger, resolve_tracking_uri
@@ -94,6 +97,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and v < (1 if flag == "max_concurrent" else 0):
             raise ConfigError(f"--{flag.replace('_', '-')}", None, f"got {v}", "a positive number")
+    from .sweep.preflight import check_study
+
+    check_study(study)  # what `run` checks before training, for every arm's data: exit 2 before Ray
     if args.dry_run:
         print(trial_table(study))
         return 0
@@ -102,7 +108,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_study(study, resume=args.resume, overwrite=args.overwrite, max_concurrent=args.max_concurrent,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, address=args.address,
                         storage_given=args.storage is not None, dashboard=args.dashboard,
-                        reports_dir=args.reports)
+                        reports_dir=args.reports, preflight=False)
     return outcome.exit_code
 
 
@@ -115,11 +121,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError("gradmix-tune report", None, f"{len(args.study)} studies given",
                           "add --compare for one report over them, or give one study")
     if args.compare and len(args.study) < 2:
-        raise ConfigError("gradmix-tune report", "--compare", "needs at least two studies", "gradmix-tune report A B --compare")
+        raise ConfigError("gradmix-tune report", "--compare", "needs at least two studies",
+                          "gradmix-tune report A B --compare")
     try:
         if args.compare:
             if args.experiment or args.parent_run or args.log_to_parent:
-                raise ConfigError("gradmix-tune report", "--compare", "--experiment, --parent-run and --log-to-parent name one study",
+                raise ConfigError("gradmix-tune report", "--compare",
+                                  "--experiment, --parent-run and --log-to-parent name one study",
                                   "leave them out: each study's latest parent run is used")
             folder = build_comparison(args.study, uri, args.out, name=args.name, ui_url=args.ui_url)
             res = json.loads((folder / "summary.json").read_text())["comparison"]

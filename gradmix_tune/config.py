@@ -31,6 +31,9 @@ class ConfigError(ValueError):
             msg += f". Fix: {fix}"
         super().__init__(msg)
 
+    def __reduce__(self):  # copy.copy and pickle (Ray's process boundary) rebuild it with its message
+        return (type(self), (self.where, self.key, self.problem, self.fix))
+
 
 @dataclass
 class DataConfig:
@@ -77,6 +80,9 @@ class TrainConfig:
     temperature: float = 0.09  # proxy_contrastive
     early_stop_on: str = "none"  # none | val: stop a task's epochs when held-out accuracy stops rising
     patience: int = 3  # epochs without improvement before stopping
+    # train only the first N tasks of the stream (0 = all of them); the tasks, their classes and the
+    # split stay those of data.tasks. A study's `search.tasks` sets it for its tuning trials.
+    max_tasks: int = 0
 
 
 @dataclass
@@ -416,6 +422,9 @@ def validate(cfg: ExperimentConfig, where: str | None = None) -> ExperimentConfi
     if cfg.train.early_stop_on == "val" and vf == 0:
         raise ConfigError(where, "train.early_stop_on", "early stopping on val needs held-out data, "
                           "but data.val_fraction is 0", "set data.val_fraction: 0.1 (or leave it unset)")
+    if not 0 <= cfg.train.max_tasks <= cfg.data.tasks:
+        raise ConfigError(where, "train.max_tasks", f"must be in [0, data.tasks = {cfg.data.tasks}], got "
+                          f"{cfg.train.max_tasks}", "0 trains every task; N the first N")
     if cfg.train.patience < 1:
         raise ConfigError(where, "train.patience", "must be at least 1", "e.g. 3")
     if cfg.memory.retrieval != "random" and cfg.memory.retrieval_candidates < cfg.memory.replay_batch_size:
@@ -495,6 +504,11 @@ OFFLINE_DATASETS = ("digits", "npz", "image_folder")  # need no data root
 def default_data_root() -> str:
     """`$GRADMIX_DATA_ROOT`, else ./data: where a config without `data.root` looks."""
     return os.environ.get(DATA_ROOT_ENV) or "data"
+
+
+def tasks_trained(cfg: ExperimentConfig) -> int:
+    """How many tasks a run trains: train.max_tasks when set, else data.tasks."""
+    return cfg.train.max_tasks or cfg.data.tasks
 
 
 def val_fraction(cfg: ExperimentConfig) -> float:

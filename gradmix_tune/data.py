@@ -90,9 +90,13 @@ def _per_class(split: Split, n: int) -> Split:
     return Split(split.x[idx], split.y[idx])
 
 
-def _missing(name: str, where: Path, files: str) -> ConfigError:
+def _missing(name: str, where: Path, files: str, root: Path | None = None) -> ConfigError:
+    """`name` is not in `where` (= root/<its folder>): say where the files go and how to name the root."""
+    where = where.expanduser().absolute()
+    sub = where.relative_to(root.expanduser().absolute()).as_posix() if root is not None else where.name
     return ConfigError(None, "data.root", f"{name} not found under {where} and could not be downloaded",
-                       f"put {files} there (or set data.root / GRADMIX_DATA_ROOT to a folder that has them)")
+                       f"put {files} there, or pass --data-root PATH (or set data.root / GRADMIX_DATA_ROOT) "
+                       f"for a PATH that has {sub}/ with them")
 
 
 # ---------------------------------------------------------------- loaders (uint8 / float arrays)
@@ -124,11 +128,11 @@ def _load_torchvision_mnist(cfg: ExperimentConfig, name: str):
             ds = cls(str(root), train=train, download=False)
         except RuntimeError:
             if not cfg.data.download:
-                raise _missing(name, root / cls.__name__ / "raw", "the four idx files") from None
+                raise _missing(name, root / cls.__name__ / "raw", "the four idx files", root) from None
             try:
                 ds = cls(str(root), train=train, download=True)
             except Exception:
-                raise _missing(name, root / cls.__name__ / "raw", "the four idx files") from None
+                raise _missing(name, root / cls.__name__ / "raw", "the four idx files", root) from None
         x = ds.data.unsqueeze(1).float() / 255.0
         out.append(Split(x, ds.targets.long()))
     return out[0], out[1], 10
@@ -164,7 +168,7 @@ def _load_cifar(cfg: ExperimentConfig, name: str):
             except Exception:
                 pass
         if not all((folder / f).is_file() for f in train_files + test_files):
-            raise _missing(name, folder, ", ".join(train_files + test_files))
+            raise _missing(name, folder, ", ".join(train_files + test_files), root)
     # Read the python batches directly: torchvision's md5 check rejects small test fixtures.
     return _read_cifar_batches(folder, train_files, key), _read_cifar_batches(folder, test_files, key), n
 
@@ -282,6 +286,22 @@ def load_benchmark(cfg: ExperimentConfig, device: torch.device | str = "cpu") ->
     bench = Benchmark(name, train, test, n_classes, tasks, augment=cfg.data.augment and train.x.dim() == 4,
                       mean=mean, std=std)
     return bench.to(device)
+
+
+def describe(bench: Benchmark, cfg: ExperimentConfig) -> dict:
+    """What a run's tracking records of its data (mlflow.log_input): name, where it was read from,
+    sizes, input shape, the class order and each task's classes."""
+    if cfg.data.name == "digits":
+        source = "sklearn.datasets.load_digits"
+    elif cfg.data.path:
+        source = str(Path(cfg.data.path).expanduser().absolute())
+    else:
+        source = str(Path(data_root(cfg)).expanduser().absolute())
+    return {"name": bench.name, "source": source, "train_size": int(len(bench.train.y)),
+            "test_size": int(len(bench.test.y)), "input_shape": list(bench.input_shape),
+            "num_classes": int(bench.num_classes), "tasks": bench.num_tasks,
+            "class_order": [c for t in bench.task_classes for c in t],
+            "task_classes": [list(t) for t in bench.task_classes]}
 
 
 def validation_split(bench: Benchmark, fraction: float, seed: int) -> list[torch.Tensor]:

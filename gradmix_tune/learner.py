@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .augment import PolicyAugment, augment_batch
-from .config import ExperimentConfig, val_fraction
+from .config import ExperimentConfig, tasks_trained, val_fraction
 from .data import Benchmark, load_benchmark, validation_split
 from .losses import proxy_contrastive_loss, proxy_drift, proxy_logits
 from .memory import Buffer, draw_probes, retrieve
@@ -122,6 +122,7 @@ class Learner:
         self.epochs: list[dict] = []
         self.tasks: list[dict] = []
         self.next_task = 0
+        self.num_tasks = tasks_trained(cfg)  # the first train.max_tasks tasks, else all
         self.elapsed = 0.0
         frac = val_fraction(cfg)  # held-out training indices per task: val_* metrics, early stopping
         self.val_idx = validation_split(self.bench, frac, cfg.seed) if frac > 0 else None
@@ -315,11 +316,12 @@ class Learner:
 
 def run(cfg: ExperimentConfig, hooks: Hooks | None = None, resume: dict | None = None,
         bench: Benchmark | None = None) -> RunResult:
-    """Train on every task in order and return the metrics. `resume`: a state_dict checkpoint."""
+    """Train on every task in order (the first train.max_tasks when set) and return the metrics.
+    `resume`: a state_dict checkpoint."""
     hooks = hooks or Hooks()
     learner = Learner(cfg, bench)
     if resume is not None:
         learner.load_state_dict(resume)
-    for task in range(learner.next_task, learner.bench.num_tasks):
+    for task in range(learner.next_task, learner.num_tasks):
         learner.train_task(task, hooks)
     return learner.result()

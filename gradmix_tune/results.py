@@ -14,7 +14,9 @@ kind = "task" (after every task; carries the checkpoint):
     peak_epoch, peak_acc, u_shape_drop (the last task's per-epoch curve, metrics.u_shape)
     Task dicts also carry the task's diagnostics (proxy_drift; the mixing ones when mixing).
 Every dict also has `avg_acc` (mean accuracy on tasks seen so far, the last task's value) so a
-scheduler always finds its metric.
+scheduler always finds its metric; with a validation split (data.val_fraction), `val_avg_acc` too
+(its held-out twin; epoch dicts carry the last task's value, as for avg_acc), so ASHA can stop on
+validation. With train.max_tasks = K the "last task" is the K-th: the final metrics cover K tasks.
 """
 from __future__ import annotations
 
@@ -37,8 +39,11 @@ VAL_METRICS: dict[str, str] = {f"val_{k}": v for k, v in METRICS.items() if k !=
 SUMMARY_KEYS = tuple(METRICS)
 CURVE_METRICS = ("peak_epoch", "peak_acc", "u_shape_drop")  # metrics.u_shape of the last task
 FINAL_METRICS = SUMMARY_KEYS + CURVE_METRICS  # logged once, on the last task
-# present in every intermediate result: what a scheduler (ASHA) may stop on
-SCHEDULER_METRICS = ("avg_acc", "seen_acc")
+# present in every intermediate result: what a scheduler (ASHA) may stop on (the val_ ones when the
+# run holds out validation data); the first two are measured on the test split
+SCHEDULER_METRICS = ("avg_acc", "seen_acc", "val_avg_acc", "val_seen_acc")
+# task values that epoch results repeat (the last task's) for the scheduler: not per-epoch metrics
+CARRIED = ("avg_acc", "val_avg_acc")
 EPOCH_METRICS = ("seen_acc", "loss", "epoch_time_s")  # plus the diagnostics a mixer reports
 LABELS = {"final_avg_acc": "final average accuracy", "avg_incremental_acc": "average incremental accuracy",
           "forgetting": "forgetting", "bwt": "backward transfer (BWT)", "wall_time_s": "wall time (s)"}
@@ -56,16 +61,25 @@ def _clean(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def epoch_result(rec: "EpochRecord", last_avg_acc: float) -> dict:
+def is_test_metric(name: str) -> bool:
+    """A metric measured on the test split (what a search must not select on): the accuracy
+    metrics and the scheduler's avg_acc / seen_acc, not their val_ twins nor wall time."""
+    return name in ACCURACY_METRICS or name in ("avg_acc", "seen_acc")
+
+
+def epoch_result(rec: "EpochRecord", last_avg_acc: float, last_val_avg_acc: float | None = None) -> dict:
+    """`last_val_avg_acc`: the last task's val_avg_acc when the run has a validation split (None: none)."""
     out = {"kind": "epoch", "task": rec.task, "epoch": rec.epoch, "global_epoch": rec.global_epoch,
            "seen_acc": rec.seen_acc, "loss": rec.loss, "epoch_time_s": rec.time_s, "avg_acc": last_avg_acc}
+    if last_val_avg_acc is not None:
+        out["val_avg_acc"] = last_val_avg_acc
     out.update({k: _clean(v) for k, v in rec.diagnostics.items()})
     return out
 
 
 def task_result(rec: "TaskRecord", learner: "Learner") -> dict:
     """The dict for one finished task; `learner` is what Hooks.on_task receives."""
-    acc, num_tasks, s_matrix = learner.acc, learner.bench.num_tasks, learner.s_matrix()
+    acc, num_tasks, s_matrix = learner.acc, learner.num_tasks, learner.s_matrix()  # num_tasks: trained
     global_epoch, wall_time_s = len(learner.epochs), learner.elapsed
     out = {"kind": "task", "task": rec.task, "tasks_done": rec.task + 1, "global_epoch": global_epoch,
            "avg_acc": rec.avg_acc, "task_time_s": rec.time_s, "accuracy_matrix": json.dumps(acc)}

@@ -38,17 +38,30 @@ def test_epoch_curve_with_or_without_the_tasks(tmp_path, task_of):
     assert image(tmp_path / "c.png").shape[1] > 400
 
 
-def test_factor_plot_and_curve_panels(tmp_path):
+def test_factor_bands_seed_dots_and_curve_panels(tmp_path):
     keys = [("final_avg_acc", "final"), ("forgetting", "forgetting"), ("bwt", "bwt"), ("avg_incremental_acc", "inc")]
-    series = [{"label": m, "x": [0, 1, 2], "y": {k: [0.5, 0.6, 0.7] for k, _ in keys},
-               "err": {k: [0.01, 0.0, 0.02] for k, _ in keys}} for m in ("er", "gradmix")]
-    figures.draw_factor_plot(series, keys, ["100", "200", "500"], "memory.size", "t", tmp_path / "f.png")
+    series = [{"label": m, "color": c, "x": [0, 1, 2], "y": {k: [0.5, 0.6, None] for k, _ in keys},
+               "low": {k: [0.4, None, 0.6] for k, _ in keys}, "high": {k: [0.6, None, 1.0] for k, _ in keys},
+               "seeds": {k: [[0.45, 0.55], [0.6], []] for k, _ in keys}}
+              for m, c in (("er", "C0"), ("gradmix", None))]
+    figures.draw_factor_bands(series, keys, ["100", "200", "500"], "memory.size", "t", tmp_path / "f.png",
+                              ranges={"final_avg_acc": (0.0, 1.0)})
+    figures.draw_factor_bands(series[:1], keys[:1], ["100", "200", "500"], "memory.size", "t", tmp_path / "f1.png")
+    panel = {"title": "final", "values": [[0.7, 0.72, None], [0.8], []], "mean": [0.71, 0.8, None],
+             "low": [0.6, None, None], "high": [0.82, None, None], "range": (0.0, 1.0)}
+    figures.draw_seed_dots([panel, panel, panel], ["er\n100", "gradmix\n100", "x"], ["C0", "C1", "C2"], "dots",
+                           tmp_path / "d.png", xlabel="method / memory.size")
+    many = [f"arm number {i} with a long label" for i in range(12)]
+    figures.draw_seed_dots([dict(panel, values=[[0.5, 0.6]] * 12, mean=[0.55] * 12, low=[0.4] * 12,
+                                 high=[0.7] * 12)], many, ["C0"] * 12, "many", tmp_path / "m.png")
     line = {"label": "er", "steps": [1, 2, 3, 4], "acc": [0.5, 0.7, 0.8, 0.75], "peak_epoch": 3, "peak_acc": 0.8,
             "final_acc": 0.75}
     panel = {"title": "p", "steps": [1, 2, 3, 4], "task_of": [0, 0, 1, 1], "epochs_per_task": 2,
              "lines": [line, dict(line, label="gradmix", peak_epoch=None)]}
     figures.draw_curve_panels([panel, dict(panel, task_of=None), panel], "curves", tmp_path / "p.png")
     assert image(tmp_path / "f.png").shape[1] > 800 and image(tmp_path / "p.png").shape[0] > 500
+    assert image(tmp_path / "f1.png").shape[1] > 400 and image(tmp_path / "d.png").shape[0] > 500
+    assert image(tmp_path / "m.png").shape[1] > 1000
 
 
 def test_drawn_without_pyplot_and_below_tracking_and_report(tmp_path):

@@ -219,7 +219,8 @@ def analyse(sr: StudyRuns) -> dict:
     method_key = next((k for k in keys if len(distinct[k]) > 1 and
                        all(str(a["factors"].get(k)) == a["method"] for a in arms)), None)
     for a in arms:
-        a["values"] = {m: {s: tr.metrics.get(m) for s, tr in a["runs"].items()} for m in set(SUMMARY_KEYS) | {test_metric}}
+        a["values"] = {m: {s: tr.metrics.get(m) for s, tr in a["runs"].items()}
+                       for m in set(SUMMARY_KEYS) | {test_metric}}
     base = _baseline(raw, arms, method_key, keys, levels)
     comparisons = _comparisons(arms, keys, levels, method_key, base, test_metric, mode)
     ref_arm = next((a for a in arms if all(jkey(a["factors"].get(k)) == jkey(v) for k, v in base["ref"].items())),

@@ -1,4 +1,4 @@
-"""Building a study's report folder from MLflow (`build_report`, and `after_sweep` at a sweep's end) and logging it back.
+"""A study's report folder from MLflow (`build_report`; `after_sweep` at a sweep's end), and logging it back there.
 
     OUT/STUDY/report.md, report.html (self-contained), summary.json (every number, NaN as null),
     figures/*.png. With log_to_parent, the study's parent run also gets: per-arm metrics
@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from ..tracking.store import http_limits, resolve_tracking_uri, study_info, tag_value
@@ -75,7 +76,9 @@ def log_to_parent_run(client, res: dict, folder: Path) -> None:
     with http_limits():
         for i in range(0, len(metrics), 500):
             client.log_batch(rid, metrics=metrics[i:i + 500])
-        client.log_table(rid, data=arm_summary(res), artifact_file="arm_summary.json")
+        with warnings.catch_warnings():  # pandas' deprecation notes from inside mlflow's log_table
+            warnings.simplefilter("ignore")
+            client.log_table(rid, data=arm_summary(res), artifact_file="arm_summary.json")
         client.set_tag(rid, NOTE, tag_value(note_text(res)))
         client.log_artifacts(rid, str(folder), artifact_path="report")
 
@@ -96,7 +99,7 @@ def build_report(study: str, tracking_uri: str | None = None, out_dir: str | Pat
         shutil.rmtree(fig_dir)  # no stale figures from an earlier build
     folder.mkdir(parents=True, exist_ok=True)
     figs = figures_of(res, fig_dir)
-    write(Context(res, figs, uri, ui_url), folder)
+    write(Context(res, figs, uri, ui_url, runs=sr, fig_dir=fig_dir), folder)
     (folder / "summary.json").write_text(json.dumps(jsonable(res), indent=1, default=str))
     if log_to_parent:
         log_to_parent_run(client, res, folder)

@@ -1,4 +1,4 @@
-"""The report's figures from the analysed study (`figures_of`): seeds over mean and CI, factor bands, matrices, curves."""
+"""The report's figures (`figures_of`): seeds over mean and CI, factor plots with CI bands, matrices, curves."""
 from __future__ import annotations
 
 import json

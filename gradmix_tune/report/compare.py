@@ -1,4 +1,4 @@
-"""Several studies that share arms in one report (`build_comparison`): the table a paper needs, per study and aggregated.
+"""Several studies that share arms in one report (`build_comparison`): the table a paper needs, per study, aggregated.
 
 Each study is analysed as on its own (analysis.analyse). Rows are the arms the studies share (by
 arm label); per study: mean ± std of its metric, the best in bold, and the Holm mark of the arm's
@@ -114,7 +114,8 @@ def _sentences(cmp: dict) -> list[str]:
             best = pick(rows, key=lambda t: t["per_study"][i]["mean"])
             st = best["per_study"][i]
             out.append(f"{study}: best shared arm {best['arm']} with {LABELS.get(metric, metric)} "
-                       f"{num(st['mean'], metric)} (95% CI {num(st['ci_low'], metric)} to {num(st['ci_high'], metric)}, "
+                       f"{num(st['mean'], metric)} (95% CI {num(st['ci_low'], metric)} to "
+                       f"{num(st['ci_high'], metric)}, "
                        f"{st['n']} seeds).")
     for p in cmp["pairs"][:3]:
         where = f" at {p['at']}" if p["at"] else ""
@@ -155,6 +156,7 @@ def build_comparison(studies: list[str], tracking_uri: str | None = None, out_di
     client = MlflowClient(tracking_uri=uri)
     results = [analyse(load_study(client, s)) for s in studies]
     cmp = compare(results)
+    cmp["findings"] = _sentences(cmp)
     folder = Path(out_dir) / slug(name or "compare_" + "_".join(studies))
     if (folder / "figures").exists():
         shutil.rmtree(folder / "figures")
@@ -180,7 +182,6 @@ def build_comparison(studies: list[str], tracking_uri: str | None = None, out_di
     if 0 < cmp["n_min"] < 5:
         d.p(f"**Warning:** as few as {cmp['n_min']} seeds per arm (fewer than 5): intervals and p-values are rough.",
             cls="warn")
-    cmp["findings"] = _sentences(cmp)
     d.bullets(cmp["findings"])
     d.p(f"Common baseline: {cmp['baseline']} (the first study's; its rule: {results[0]['baseline']['rule']}). "
         "Differences are paired by seed within each study; Holm correction over every row of the comparisons "

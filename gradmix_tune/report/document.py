@@ -1,4 +1,4 @@
-"""The report document: report.md (figures linked) and a self-contained report.html (figures embedded), section by section.
+"""The report: report.md (figures linked) and a self-contained report.html (figures embedded), section by section.
 
 Numbers come from analysis.analyse, figures from charts.figures_of. A section is a function
 (Doc, Context) -> None that writes nothing when it does not apply; `write` runs SECTIONS, then
@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..results import LABELS
 from ..values import is_finite
@@ -150,10 +150,14 @@ figure,table,pre,blockquote{page-break-inside:avoid}a{color:inherit;text-decorat
 
 @dataclass
 class Context:
+    """What a section sees: the numbers, the drawn figures, the store, and the runs themselves (an
+    optional section may compute more from `runs`, e.g. validation against test metrics)."""
     res: dict
     figs: dict  # charts.figures_of
     tracking_uri: str
     ui_url: str | None = None
+    runs: Any = None  # runs.StudyRuns
+    fig_dir: Path | None = None  # where an optional section may draw its own figures
 
     def run_link(self, run_id: str, text: str | None = None) -> Link:
         return Link(text or run_id, run_url(self.tracking_uri, self.res["experiment_id"], run_id, self.ui_url))
@@ -232,9 +236,11 @@ def comparisons_section(d: Doc, ctx: Context) -> None:
         "(scipy.stats.ttest_rel); Holm p: Holm-Bonferroni over all rows (statsmodels multipletests); "
         "P(improvement): the share of seeds on which the arm is better than the other (ties count half; "
         "rliable's probability of improvement, paired), with its bootstrap interval; d_z = mean / sd of the "
-        f"per-seed differences; seeds for 80% power: what a paired t-test (α = {pw['alpha']}, two-sided) "
-        "needs at the observed d_z (statsmodels TTestPower.solve_power); detectable: the smallest difference "
-        "the study's own seeds detect with 80% power (at this row's spread of differences).")
+        "per-seed differences; seeds for 80% power: what a two-sided paired t-test needs at the observed d_z "
+        f"(statsmodels TTestPower.solve_power) at α = {pw['alpha']}/{max(pw['family_size'], 1)} = "
+        f"{pw['family_alpha']:.2g}, the level the smallest of the {pw['family_size']} Holm-corrected p-values must "
+        "pass; detectable diff: the smallest difference the study's own seeds detect with 80% power at that level "
+        "(at this row's spread of differences).")
     if pw["n"] >= 2:
         d.p(f"With {pw['n']} seeds a difference is detected with 80% power only from d_z = "
             f"{pw['detectable_effect']:.2f} on.")

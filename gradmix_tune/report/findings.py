@@ -10,37 +10,14 @@ difference needs). Nothing here reads MLflow or draws.
 from __future__ import annotations
 
 import math
-import re
 
 from ..results import LABELS
+from ..tracking.store import question_of  # noqa: F401 - the sweep writes it to the parent run too
 from ..values import is_finite
 
 MAX_SENTENCES = 6
 MAX_LISTED = 3  # comparisons listed one by one in a sentence; more are summarised
 FEW_SEEDS = 5
-
-
-def question_of(ablation_text: str, description: str = "") -> str:
-    """The question of an ablation file: its header comment from the line that starts with
-    "Question" up to the last "?" before the sizing line ("N ... x ... = M runs") or Time/Data
-    lines; else its `description:`; else ""."""
-    lines = []
-    for line in (ablation_text or "").splitlines():
-        if not line.strip():
-            continue
-        if not line.lstrip().startswith("#"):
-            break
-        lines.append(line.lstrip()[1:].strip())
-    start = next((i for i, t in enumerate(lines) if re.match(r"Questions?\b", t)), None)
-    if start is None:
-        return description.strip()
-    kept = []
-    for t in lines[start:]:
-        if not t or re.match(r"\d+ .*\bx\b.*=", t) or re.match(r"(Time|Data)\b", t):
-            break
-        kept.append(t)
-    text = re.sub(r"^Question:\s*", "", " ".join(kept))
-    return text[:text.rfind("?") + 1] if "?" in text else text
 
 
 def num(v, metric: str = "", signed: bool = False) -> str:
@@ -109,10 +86,10 @@ def _group_sentence(group: list[dict], res: dict) -> str:
         body = (f"{head} on {LABELS.get(metric, metric)}, in {len(group)} settings of the other factors: mean "
                 f"differences from {num(min(diffs, default=math.nan), metric, True)} to "
                 f"{num(max(diffs, default=math.nan), metric, True)}, the largest {clause(big, metric)} at {big['at']}")
-    if c0["n"] < 2 and len(group) == 1:
-        return body + "."
+    if all(c["n"] < 2 for c in group):
+        return body + "." if len(group) == 1 else body + ": no test is possible with 1 seed."
     if not sig:
-        return f"{body}: not distinguishable from noise with {n} seeds."
+        return f"{body}: not distinguishable from noise with {n} seed{'' if n == 1 else 's'}."
     if len(sig) == len(group):
         return body + (": significant after Holm correction." if len(group) == 1 else
                        ": significant after Holm correction in every setting.")
@@ -130,6 +107,8 @@ def _best_sentence(res: dict) -> str:
     ci = (f" (95% CI {num(st['ci_low'], metric)} to {num(st['ci_high'], metric)}, {st['n']} seeds)" if st["n"] > 1
           else f" ({st['n']} seed)")
     word = "higher" if mode == "max" else "lower"
+    if len(arms) == 1:
+        return f"One arm, {best['arm']}: {LABELS.get(metric, metric)} {num(st['mean'], metric)}{ci}."
     return (f"Best of {len(arms)} arms by {LABELS.get(metric, metric)} ({word} is better): {best['arm']} with "
             f"{num(st['mean'], metric)}{ci}.")
 
@@ -155,7 +134,8 @@ def _power_sentence(res: dict) -> str:
     need = big["seeds_for_power"]
     where = f" at {big['at']}" if big["at"] else ""
     head = f"{big['factor']} {big['label']}" if big["kind"] == "factor" else big["label"]
-    s += (f"; the largest standardized difference not yet significant, {head}{where} ({num(big['mean_diff'], metric, True)}, "
+    s += (f"; the largest standardized difference not yet significant, {head}{where} "
+          f"({num(big['mean_diff'], metric, True)}, "
           f"{abs(big['effect_size']):.2f} SD), would need {seeds_text(need)} per arm")
     if is_finite(need) and need > n:
         s += f": {int(need) - n} more than this study's {n}"
@@ -187,9 +167,10 @@ def findings(res: dict) -> dict:
     if res["arms"]:
         sentences.append(_power_sentence(res))
     n = res["n_min"]
-    warning = (f"Only {n} seed{'s' if n != 1 else ''} per arm (fewer than {FEW_SEEDS}): t-intervals are wide, "
-               f"bootstrap intervals too narrow (they can only resample these seeds) and p-values rough."
-               if 0 < n < FEW_SEEDS else "")
+    warning = (f"Only {n} seeds per arm (fewer than {FEW_SEEDS}): t-intervals are wide, bootstrap intervals too "
+               f"narrow (they can only resample these seeds) and p-values rough." if 1 < n < FEW_SEEDS else
+               "Only 1 seed per arm: no interval and no test; every difference is a single pair of runs."
+               if n == 1 else "")
     who = f"the arm {base['name']}" if base["kind"] == "arm" else f"the method {base['name']}"
     line = f"Baseline: {who} ({base['rule']})." + (f" Note: {base['warning']}." if base.get("warning") else "")
     return {"question": res["question"], "sentences": sentences, "warning": warning, "baseline": line}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .phases import Evaluation, evaluation_probe, fit_phases
+from .preflight import check_study
 from .storage import check_storage
 from .study import Study
 from .summary import SweepOutcome, summary_table
@@ -26,9 +28,14 @@ RAY_ENV = {
 def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, max_concurrent: int | None = None,
               num_cpus: int | None = None, num_gpus: int | None = None, address: str | None = None,
               storage_given: bool = True, dashboard: bool = False, reports_dir: str = "reports",
-              heartbeat_s: float = 30.0, callbacks: list | None = None) -> SweepOutcome:
+              heartbeat_s: float = 30.0, callbacks: list | None = None, preflight: bool = True) -> SweepOutcome:
     """Run (or resume) the study on Ray; print progress and the per-arm summary. `callbacks`:
-    more Ray Tune callbacks for the driver (e.g. benchmarks/sweep_throughput.py's trial clock)."""
+    more Ray Tune callbacks for the driver (e.g. benchmarks/sweep_throughput.py's trial clock).
+    `preflight=False`: the caller already ran preflight.check_study (the data, each arm's learner)."""
+    if preflight:
+        check_study(study)  # before Ray starts: a missing dataset is one exit-2 line, not N failed trials
+        if study.evaluate:  # and phase 2's (evaluate.set may name another dataset)
+            check_study(evaluation_probe(study))
     check_storage(study, resume, overwrite)  # before Ray starts
     saved_env = {k: os.environ.get(k) for k in RAY_ENV}
     for k, v in RAY_ENV.items():
@@ -36,10 +43,12 @@ def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, ma
     try:
         from .tuner import fit_study  # ray: here, once the input is known to be good
 
-        trials, parent_run_id = fit_study(study, resume=resume, max_concurrent=max_concurrent, num_cpus=num_cpus,
-                           num_gpus=num_gpus, address=address, storage_given=storage_given, dashboard=dashboard,
-                           heartbeat_s=heartbeat_s, callbacks=list(callbacks or []))
-        return _finish(study, trials, storage_given, reports_dir, parent_run_id)
+        fit = fit_phases if study.evaluate else fit_study  # phases.py: tuning, then evaluation (protocol.py)
+        got = fit(study, resume=resume, max_concurrent=max_concurrent, num_cpus=num_cpus,
+                  num_gpus=num_gpus, address=address, storage_given=storage_given, dashboard=dashboard,
+                  heartbeat_s=heartbeat_s, callbacks=list(callbacks or []))
+        trials, parent_run_id, evaluation = got if study.evaluate else (*got, None)
+        return _finish(study, trials, storage_given, reports_dir, parent_run_id, evaluation)
     finally:
         for k, v in saved_env.items():
             if v is None:
@@ -49,9 +58,9 @@ def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, ma
 
 
 def _finish(study: Study, trials: list, storage_given: bool, reports_dir: str,
-            parent_run_id: str | None) -> SweepOutcome:
+            parent_run_id: str | None, evaluation: Evaluation | None = None) -> SweepOutcome:
     """After the trials: the summary, the failures, then the report on the study's MLflow parent
-    run (or how to resume)."""
+    run (or how to resume). `evaluation`: a study's phase 2 (phases.py), summarised after phase 1."""
     print()
     print(summary_table(study, trials))
     failed = [t for t in trials if t.status == "failed"]
@@ -60,10 +69,19 @@ def _finish(study: Study, trials: list, storage_given: bool, reports_dir: str,
               f"{t.error}")
     unfinished = [t for t in trials if t.status == "unfinished"]
     interrupted = bool(unfinished) or len(trials) < study.num_trials
+    phase = (study, trials)  # the phase whose trials are to go, when interrupted
+    if evaluation is not None and not interrupted:  # phase 2: its summary, failures and trials too
+        print("\n" + evaluation.summary())
+        for t in evaluation.failed:
+            print(f"  failed: evaluation trial {t.config.get('index')} ({t.config.get('arm')}, seed "
+                  f"{t.config.get('seed')}): {t.error}")
+        failed, interrupted = failed + evaluation.failed, evaluation.interrupted
+        phase, trials = (evaluation.study, evaluation.trials), trials + evaluation.trials
     print(f"\nresults  {study.experiment_path}\ntracking {study.tracking_uri}", flush=True)
     if interrupted:  # Ctrl-C: Ray saved the state; the report waits for the whole study
-        left = study.num_trials - sum(t.status in ("ok", "failed", "stopped") for t in trials)
-        print(f"interrupted with {left} of {study.num_trials} trials to go: continue with\n"
+        left = phase[0].num_trials - sum(t.status in ("ok", "failed", "stopped") for t in phase[1])
+        print(f"interrupted with {left} of {phase[0].num_trials} {'evaluation ' * bool(phase[0].phase_dir)}"
+              f"trials to go: continue with\n"
               f"  gradmix-tune sweep {study.path} --resume" +
               (f" --storage {study.storage_path}" if storage_given else ""), flush=True)
         return SweepOutcome(study, trials, 130)

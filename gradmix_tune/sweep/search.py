@@ -80,10 +80,11 @@ class StudySearchGenerator(SearchGenerator):
 class StudySearcher(Searcher):
     """Wraps Optuna (TPE or random): turns each sampled point into a full study trial."""
 
-    def __init__(self, searcher, study_name: str, base: dict, seeds: list[int]):
+    def __init__(self, searcher, study_name: str, base: dict, seeds: list[int], phase: str | None = "tune"):
         super().__init__(metric=None, mode=None)  # Tune's own metric check stays off:
         self.searcher = searcher  # the metric is only in the final result
         self.study_name, self.base, self.seeds = study_name, base, seeds
+        self.phase = phase  # a search selects: its trials are the tuning phase (protocol.py)
         self.count = 0
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -100,7 +101,7 @@ class StudySearcher(Searcher):
         seed = self.seeds[self.count % len(self.seeds)]
         self.count += 1
         return make_trial(self.study_name, self.base, factors, seed, self.count - 1,
-                          f"sampled {arm_label(factors)}", validate=False)
+                          f"sampled {arm_label(factors)}", validate=False, phase=getattr(self, "phase", None))
 
     def on_trial_result(self, trial_id, result):
         pass  # intermediate results lack the study metric; no pruning through the searcher

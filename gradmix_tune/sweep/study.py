@@ -12,13 +12,19 @@ An ablation file (ablations/*.yaml) names a base experiment and what varies:
     resources: {cpu: 1, gpu: 0}           # per trial; gpu: 0.25 packs four trials on a GPU
     metric: final_avg_acc                 # mode: max
     max_failures: 0                       # retries of a failed trial (from its last checkpoint)
+    evaluate: {seeds: 3, top: 1, set: {data.class_order_seed: 1}}   # phase 2 (sweep/protocol.py)
+    allow_test_metric: false              # a study that selects must tune on a val_ metric
+
+A study that selects (search:, evaluate:) follows sweep/protocol.py: a validation metric,
+data.val_fraction 0.1 unless set, `search.tasks: K` (tuning trials train the first K tasks).
 
 Everything is checked (every trial's config included) before Ray starts; every problem is a
 ConfigError naming the file, the key and a fix.
 
 Every Ray trial's config is a dict with: study, arm (readable grid factors, no seed), seed,
 index (position in the study), factors (grid or sampled key -> value) and config (the full
-validated ExperimentConfig as a nested dict, seed included).
+validated ExperimentConfig as a nested dict, seed included); in a study that selects also phase
+(tune | evaluate) and, for evaluation trials, where they came from (protocol.py).
 
 This module imports neither ray nor torch: `--dry-run` and bad input stay fast.
 """
@@ -46,13 +52,14 @@ from ..config import (
     resolve_extends,
     set_dotted,
 )
-from ..results import METRICS, SCHEDULER_METRICS
+from ..results import SCHEDULER_METRICS
 from ..values import as_number, did_you_mean
+from .protocol import ALL_METRICS, check_evaluation, check_honest, parse_evaluate, protocol_lines, selection_base
 
 ABLATION_KEYS = ("name", "experiment", "description", "base", "grid", "seeds", "search", "scheduler",
-                 "resources", "metric", "mode", "max_failures",
+                 "resources", "metric", "mode", "max_failures", "evaluate", "allow_test_metric",
                  "baseline")  # the report's baseline (an arm label or a method); read by report/ only
-SEARCH_KEYS = ("space", "algorithm", "num_samples", "seed")
+SEARCH_KEYS = ("space", "algorithm", "num_samples", "seed", "tasks")
 SCHEDULER_KEYS = ("type", "time_attr", "grace_period", "reduction_factor", "max_t", "metric")
 RESOURCE_KEYS = ("cpu", "gpu")
 TIME_ATTRS = ("tasks_done", "global_epoch")
@@ -85,14 +92,34 @@ class Study:
     scheduler: dict = field(default_factory=lambda: {"type": "fifo"})
     resources: dict = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_failures: int = 0
+    evaluate: dict | None = None  # phase 2: {seeds, top, set} (protocol.parse_evaluate)
+    allow_test_metric: bool = False
+    val_default: bool = False  # data.val_fraction was unset: the study holds out 0.1 (protocol.py)
+    tune_tasks: int | None = None  # search.tasks: the tuning trials train the first K tasks
+    phase_dir: str = ""  # "" (the study's tuning or only run), or protocol.EVALUATE_DIR for phase 2
 
     @property
     def num_trials(self) -> int:
         return self.search["num_samples"] if self.search else len(self.trials)
 
     @property
+    def selects(self) -> bool:
+        """The study picks a best configuration (a search, or an evaluation phase)."""
+        return bool(self.search or self.evaluate)
+
+    @property
     def experiment_path(self) -> str:
-        return join(self.storage_path, self.name)
+        """The Ray experiment folder: storage/name (phase 2: storage/name/evaluate)."""
+        return join(self.ray_storage, self.ray_name)
+
+    @property
+    def ray_storage(self) -> str:
+        """RunConfig's storage_path (with ray_name: the experiment folder); the study's folder itself for phase 2."""
+        return join(self.storage_path, self.name) if self.phase_dir else self.storage_path
+
+    @property
+    def ray_name(self) -> str:
+        return self.phase_dir or self.name
 
     @property
     def arms(self) -> list[str]:
@@ -107,7 +134,8 @@ class Study:
         return {"name": self.name, "experiment": self.experiment, "path": self.path, "raw_text": self.raw_text,
                 "grid": self.grid, "seeds": self.seeds, "metric": self.metric, "mode": self.mode,
                 "trials": self.trials, "search": self.search, "scheduler": self.scheduler,
-                "resources": self.resources}
+                "resources": self.resources, "evaluate": self.evaluate, "allow_test_metric": self.allow_test_metric,
+                "tune_tasks": self.tune_tasks}
 
 
 def is_uri(path_or_uri: str) -> bool:
@@ -134,10 +162,10 @@ def arm_label(factors: dict) -> str:
 
 
 def make_trial(study_name: str, base: dict, factors: dict, seed: int, index: int,
-               where: str | None = None, validate: bool = True) -> dict:
+               where: str | None = None, validate: bool = True, phase: str | None = None) -> dict:
     """The config dict one Ray trial receives (see the module docstring). With validate=False a
     config that fails validation is kept as given, with the message under "invalid" (a sampled
-    point: the trial then fails with it)."""
+    point: the trial then fails with it). `phase`: "tune" in a study that selects."""
     data = copy.deepcopy(base)
     for k, v in factors.items():
         if k == "method":
@@ -161,6 +189,8 @@ def make_trial(study_name: str, base: dict, factors: dict, seed: int, index: int
              "factors": factors, "config": cfg}
     if invalid:
         trial["invalid"] = invalid
+    if phase:
+        trial["phase"] = phase
     return trial
 
 
@@ -336,12 +366,18 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
         raise ConfigError(where, "seeds", "seeds must not be negative", "seeds: [0, 1, 2]")
 
     # ---- metric / mode
-    metric = raw.get("metric", "final_avg_acc")
-    if metric not in METRICS:
-        raise ConfigError(where, "metric", f"unknown metric {metric!r}", did_you_mean(metric, METRICS, "metrics"))
-    mode = raw.get("mode", METRICS[metric])
+    # a study that selects (search, evaluate) tunes on held-out data by default (protocol.py)
+    metric = raw.get("metric", "val_final_avg_acc" if raw.get("search") is not None or
+                     raw.get("evaluate") is not None else "final_avg_acc")
+    if metric not in ALL_METRICS:
+        raise ConfigError(where, "metric", f"unknown metric {metric!r}", did_you_mean(metric, ALL_METRICS, "metrics"))
+    mode = raw.get("mode", ALL_METRICS[metric])
     if mode not in ("max", "min"):
-        raise ConfigError(where, "mode", f"expected max or min, got {mode!r}", f"mode: {METRICS[metric]}")
+        raise ConfigError(where, "mode", f"expected max or min, got {mode!r}", f"mode: {ALL_METRICS[metric]}")
+    allow_test = raw.get("allow_test_metric", False)
+    if not isinstance(allow_test, bool):
+        raise ConfigError(where, "allow_test_metric", f"expected true or false, got {allow_test!r}",
+                          "leave it out: a search tunes on a val_ metric")
 
     # ---- resources
     res = raw.get("resources", {}) or {}
@@ -383,9 +419,25 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
                               "search: {num_samples: 20}")
         num_samples = _number(s["num_samples"], where, "search.num_samples", integer=True, low=1)
         sseed = _number(s.get("seed", 0), where, "search.seed", integer=True, low=0)
+        tune_tasks = None if s.get("tasks") is None else \
+            _number(s["tasks"], where, "search.tasks", integer=True, low=1)  # first-task tuning
         space, space_files = _load_space(files, p, where)
         search = {"space": space, "algorithm": algorithm, "num_samples": num_samples, "seed": sseed,
-                  "files": space_files}
+                  "files": space_files, "tasks": tune_tasks}
+
+    # ---- selecting honestly (protocol.py): phase 2, the validation split, first-task tuning
+    evaluate = parse_evaluate(raw["evaluate"], where, seeds) if raw.get("evaluate") is not None else None
+    selects = bool(search or evaluate)
+    raw_sched = raw.get("scheduler")
+    base, val_default = selection_base(base, where, selects=selects, metric=metric,
+                                       sched_metric=raw_sched.get("metric") if isinstance(raw_sched, dict) else None,
+                                       tune_tasks=search["tasks"] if search else None)
+    if search:
+        try:
+            from_dict(copy.deepcopy(base), f"{where}: base")
+            base_ok = None
+        except ConfigError as e:
+            base_ok = e
 
     # ---- scheduler
     sched = raw.get("scheduler", "fifo")
@@ -408,13 +460,14 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
         if time_attr not in TIME_ATTRS:
             raise ConfigError(where, "scheduler.time_attr", f"unknown {time_attr!r}",
                               "tasks_done (rungs after tasks) or global_epoch (after epochs)")
-        smetric = sched.get("metric", "avg_acc")
+        smetric = sched.get("metric", "val_avg_acc" if metric.startswith("val_") else "avg_acc")
         if smetric not in SCHEDULER_METRICS:
             raise ConfigError(where, "scheduler.metric", f"{smetric!r} is not reported during training",
-                              "avg_acc (accuracy on the tasks seen so far) or seen_acc")
-        if time_attr == "tasks_done" and smetric == "seen_acc":
-            raise ConfigError(where, "scheduler.metric", "seen_acc is reported after epochs, not tasks",
-                              "use metric: avg_acc, or time_attr: global_epoch")
+                              "avg_acc (test accuracy on the tasks seen so far), seen_acc, or their held-out "
+                              "twins val_avg_acc, val_seen_acc")
+        if time_attr == "tasks_done" and smetric.endswith("seen_acc"):
+            raise ConfigError(where, "scheduler.metric", f"{smetric} is reported after epochs, not tasks",
+                              f"use metric: {smetric.replace('seen', 'avg')}, or time_attr: global_epoch")
         grace = _number(sched.get("grace_period", 1), where, "scheduler.grace_period", integer=True, low=1)
         rf = _number(sched.get("reduction_factor", 2), where, "scheduler.reduction_factor", low=1,
                      low_inclusive=False)
@@ -423,6 +476,10 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
             max_t = _number(max_t, where, "scheduler.max_t", integer=True, low=grace)
         scheduler = {"type": "asha", "time_attr": time_attr, "metric": smetric, "grace_period": grace,
                      "reduction_factor": rf, "max_t": max_t}
+
+    # ---- the held-out data a val_ metric needs; a study that selects does not select on test data
+    check_honest(where, metric, scheduler.get("metric"), selects, allow_test, flatten(base).get("data.val_fraction"))
+    phase = "tune" if selects else None
 
     # ---- trials: every config validated now, so a bad grid value never reaches a worker
     trials: list[dict] = []
@@ -451,7 +508,7 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
         for seed in seeds:  # seed-major: every arm gets a first result early
             for factors in combos:
                 trials.append(make_trial(name, base, factors, seed, index,
-                                         f"{where}: arm '{arm_label(factors)}', seed {seed}"))
+                                         f"{where}: arm '{arm_label(factors)}', seed {seed}", phase=phase))
                 index += 1
     else:
         if base_ok is not None:
@@ -460,10 +517,14 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
             for v in spec["probe"]:
                 make_trial(name, base, {key: v}, seeds[0], 0, f"{where}: search {key}={_fmt(v)}")
 
+    if evaluate:  # the evaluation runs' config (tuned values, whole stream, evaluate.set) is valid too
+        check_evaluation(trials[0]["config"] if trials else from_dict(copy.deepcopy(base)).to_dict(), evaluate,
+                         where, val_default=val_default, tune_tasks=search["tasks"] if search else None)
+
     if scheduler["type"] == "asha" and scheduler["max_t"] is None:
         cfgs = [t["config"] for t in trials] or [from_dict(copy.deepcopy(base)).to_dict()]
-        per = [c["data"]["tasks"] * (c["train"]["epochs"] if scheduler["time_attr"] == "global_epoch" else 1)
-               for c in cfgs]
+        per = [(c["train"].get("max_tasks") or c["data"]["tasks"]) *
+               (c["train"]["epochs"] if scheduler["time_attr"] == "global_epoch" else 1) for c in cfgs]
         scheduler["max_t"] = max(per)
         if search:  # a searched key may change the length: take the largest the space allows
             for key in ("data.tasks", "train.epochs"):
@@ -482,7 +543,9 @@ def load_study(path: str | Path, overrides: list[str] | dict | None = None, data
     return Study(name=name, experiment=experiment, path=str(p), raw_text=raw_text, grid=grid, seeds=seeds,
                  metric=metric, mode=mode, trials=trials, storage_path=storage_path,
                  tracking_uri=resolve_tracking_uri(tracking_uri), description=description, base=base,
-                 search=search, scheduler=scheduler, resources=resources, max_failures=max_failures)
+                 search=search, scheduler=scheduler, resources=resources, max_failures=max_failures,
+                 evaluate=evaluate, allow_test_metric=allow_test, val_default=val_default,
+                 tune_tasks=search["tasks"] if search else None)
 
 
 def trial_table(study: Study) -> str:
@@ -492,7 +555,8 @@ def trial_table(study: Study) -> str:
              f"  results  {study.experiment_path}",
              f"  tracking {study.tracking_uri} (experiment '{study.experiment}')",
              f"  per trial {study.resources['cpu']:g} CPU, {study.resources['gpu']:g} GPU;"
-             f" metric {study.metric} ({study.mode}); scheduler {_sched_str(study.scheduler)}", ""]
+             f" metric {study.metric} ({study.mode}); scheduler {_sched_str(study.scheduler)}"]
+    lines += protocol_lines(study) + [""]
     if study.search:
         s = study.search
         lines.append(f"  {s['algorithm']} search, {s['num_samples']} samples, seeds cycle over "

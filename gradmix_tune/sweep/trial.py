@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.trainable.function_trainable import wrap_function
 
 from .. import results
-from ..config import ConfigError, from_dict
+from ..config import ConfigError, from_dict, tasks_trained, val_fraction
 from . import ray_compat
 from .checkpoints import CHECKPOINT_FILE, newest_checkpoint_index, usable_checkpoint
 
@@ -48,6 +48,8 @@ def train_trial(config: dict) -> None:
 
     state = None
     last_avg = [float("nan")]
+    # with a validation split every result carries val_avg_acc too (ASHA may stop on it)
+    last_val = [float("nan")] if val_fraction(cfg) > 0 else None
     # what Trainable.restore had to do about a missing or unreadable checkpoint (see
     # checkpoints.usable_checkpoint): said in the first result, which the driver's progress lines print
     note = [_RESTORE_NOTES.pop(tune.get_context().get_trial_id(), None)]
@@ -59,16 +61,25 @@ def train_trial(config: dict) -> None:
                 state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - checked in restore; changed on storage since
             raise RuntimeError(f"checkpoint {ckpt.path} cannot be read ({type(e).__name__}: {e})") from e
-        if state["next_task"] >= cfg.data.tasks:
+        if state["next_task"] >= tasks_trained(cfg):
             return  # finished before the driver recorded it: its last result is the checkpoint's
         if state["tasks"]:
             last_avg[0] = state["tasks"][-1]["avg_acc"]
+            held = state["tasks"][-1].get("val_accuracies") or []
+            if last_val is not None and held:
+                last_val[0] = sum(held) / len(held)
 
     def on_epoch(rec):
         avg = last_avg[0]
         if not math.isfinite(avg):  # during the first task: the accuracy on its classes so far
             avg = rec.seen_acc if math.isfinite(rec.seen_acc) else 0.0
-        r = results.epoch_result(rec, avg)
+        val = None
+        if last_val is not None:
+            val = last_val[0]
+            if not math.isfinite(val):  # the first task: held-out accuracy on its classes so far
+                v = rec.diagnostics.get("val_seen_acc")
+                val = v if isinstance(v, float) and math.isfinite(v) else 0.0
+        r = results.epoch_result(rec, avg, val)
         if note[0]:
             r["restore_note"], note[0] = note[0], None
         tune.report(r)
@@ -76,6 +87,8 @@ def train_trial(config: dict) -> None:
     def on_task(rec, learner):
         last_avg[0] = rec.avg_acc
         metrics = results.task_result(rec, learner)
+        if last_val is not None and "val_avg_acc" in metrics:
+            last_val[0] = metrics["val_avg_acc"]
         with tempfile.TemporaryDirectory(prefix="gradmix-ckpt-") as d:
             torch.save(learner.state_dict(), os.path.join(d, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -26,15 +26,19 @@ from .trial import Trainable, trial_dirname
 
 def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpus: int | None,
               num_gpus: int | None, address: str | None, storage_given: bool, dashboard: bool,
-              heartbeat_s: float, callbacks: list) -> tuple[list[TrialOutcome], str | None]:
+              heartbeat_s: float, callbacks: list, parent_run_id: str | None = None,
+              phase: str = "") -> tuple[list[TrialOutcome], str | None]:
     """Run (or resume) the study's trials on Ray, printing progress: their outcomes by index and
     the study's MLflow parent run. `callbacks`: more Ray Tune callbacks for the driver. Shuts down
-    a Ray it started."""
+    a Ray it started. A study's second phase (phases.py: `phase` "evaluate") logs its runs under
+    the first phase's parent run (`parent_run_id`; else the study's latest)."""
     started = init_ray(address, num_cpus, num_gpus, dashboard)
     try:
         slots = check_cluster(study, storage_given)
         concurrency = max_concurrent or slots
-        tracker = MlflowCallback(study, study.tracking_uri, resume)
+        tracker = MlflowCallback(study, study.tracking_uri, resume or bool(phase), phase=phase)
+        if parent_run_id:
+            tracker.set_state({"parent": parent_run_id})
         callbacks = [Progress(study.num_trials, study.metric, study.mode, heartbeat_s=heartbeat_s),
                      JsonLoggerCallback(), tracker, *callbacks]
         trainable = tune.with_resources(Trainable, {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
@@ -56,7 +60,7 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
                                             scheduler=make_scheduler(study), num_samples=study.num_trials,
                                             reuse_actors=True, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
-                    name=study.name, storage_path=study.storage_path, callbacks=callbacks, verbose=0,
+                    name=study.ray_name, storage_path=study.ray_storage, callbacks=callbacks, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=study.max_failures),
                     # one per trial: Ray then saves the study's state after every checkpoint
                     # (it forces a snapshot every num_to_keep checkpoints), so a killed driver

@@ -30,8 +30,8 @@ import yaml
 from ..config import flatten
 from ..results import epoch_result, task_result
 from .runlog import RunLog
-from .store import DEFAULT_RUN_EXPERIMENT, ROLE, SESSION, method_of, resolve_tracking_uri, short, source_tags, \
-    study_info
+from .store import ALLOW_TEST_METRIC, DEFAULT_RUN_EXPERIMENT, PHASE_TAGS, ROLE, SESSION, method_of, \
+    resolve_tracking_uri, short, source_tags, study_info
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,11 @@ class StudyLogger:
     signatures of Ray Tune's Callback hooks, so sweep/ makes the driver-side callback with
     `class MlflowCallback(StudyLogger, ray.tune.Callback)` and nothing else."""
 
-    def __init__(self, study, tracking_uri: str | None = None, resume: bool = False):
+    def __init__(self, study, tracking_uri: str | None = None, resume: bool = False, phase: str = ""):
         self.info = study_info(study)
+        # a study's second Ray run (sweep/protocol.py: phase "evaluate") logs under the same parent;
+        # its end-of-run counts go to the parent as evaluate_trials_total etc., beside the first's
+        self.phase = phase
         self.uri = resolve_tracking_uri(tracking_uri)
         self.resume = bool(resume)
         self.session = uuid.uuid4().hex
@@ -71,7 +74,10 @@ class StudyLogger:
         self._w: Writer | None = None
         self._runs: dict[str, RunLog] = {}
         self.spill: str | None = None
+        self.spill_dir: str | None = None  # where unsent entries go (the sweep: its results folder)
+        self.datasets: dict[str, dict] = {}  # store.data_key(data section) -> data.describe(): log_input
         self.close_wait_s = 20.0  # how long the end of a sweep waits for an unreachable MLflow
+        self._closed = False
 
     # pickling (a Tuner pickles its callbacks; a restored Tuner unpickles them)
     def __getstate__(self) -> dict:
@@ -86,7 +92,7 @@ class StudyLogger:
     @property
     def writer(self) -> Writer:
         if self._w is None:
-            w = self._w = Writer(self.uri, self.info["experiment"])
+            w = self._w = Writer(self.uri, self.info["experiment"], spill_dir=getattr(self, "spill_dir", None))
             w.hints.update({k: v for k, v in (self._saved.get("runs") or {}).items()})
             if self._saved.get("parent"):
                 w.hints["parent"] = self._saved["parent"]
@@ -96,6 +102,12 @@ class StudyLogger:
                     "ablation": info["path"], "metric": info["metric"], "mode": info["mode"],
                     "grid": json.dumps(info["grid"], default=str), "seeds": json.dumps(info["seeds"]),
                     **source_tags(self.command)}
+            if info["allow_test_metric"]:
+                tags[ALLOW_TEST_METRIC] = "true"
+            question = question_of(info["raw_text"])
+            if question:  # the UI's description of the run; the report replaces it with question + findings
+                tags[NOTE] = (f"**Question:** {question}\n\nThe findings appear here when the study's report is "
+                              f"built (at its end, or `gradmix-tune report {info['name']} --log-to-parent`).")
             w.put("run", "parent", {"name": info["name"], "tags": tags, "find": find})
             if info["raw_text"]:
                 w.put("artifact", "parent", {"file": w.file("ablation.yaml", info["raw_text"]), "tmp": True})
@@ -131,6 +143,9 @@ class StudyLogger:
         if cfg:
             self.writer.put("artifact", tid, {"file": self.writer.file("config.yaml", yaml.safe_dump(
                 cfg, sort_keys=False)), "tmp": True})
+            info = (getattr(self, "datasets", None) or {}).get(data_key(cfg.get("data") or {}))
+            if info:
+                self.writer.put("input", tid, dataset_input(info))
         return rl
 
     @staticmethod
@@ -148,8 +163,12 @@ class StudyLogger:
                 "method": method_of(factors, cfg), "trial_id": trial.trial_id, ROLE: "trial",
                 "factors": json.dumps(factors, default=str), **source_tags(self.command)}
         tags.update({f"factor.{k}": v for k, v in factors.items()})
+        tags.update({k: c[k] for k in PHASE_TAGS if c.get(k) not in (None, "")})  # a study that selects
         params = flatten(cfg) if cfg else {k: v for k, v in c.items() if not isinstance(v, dict)}
-        return {"parent": "parent", "name": f"{arm} seed={seed}", "tags": tags, "params": params,
+        others = " ".join(f"{k}={v}" for k, v in factors.items() if k != "method") if factors else \
+            ("" if arm == tags["method"] else arm)
+        name = " ".join(x for x in (tags["method"], others, f"seed={seed}") if x)  # e.g. "er memory.size=100 seed=0"
+        return {"parent": "parent", "name": name, "tags": tags, "params": params,
                 "find": {"trial_id": trial.trial_id}, "adopt": {"arm": arm, "seed": seed}}
 
     @_guarded
@@ -218,8 +237,10 @@ class StudyLogger:
                 rl.end("KILLED")  # interrupted: reopened by a resume
         unfinished = sum(getattr(t, "status", "") not in ("TERMINATED", "ERROR") for t in trials or [])
         w = self.writer
-        w.put("log", "parent", {"metrics": [], "tags": {"trials_total": len(trials or []),
-                                                       "trials_failed": failed, "trials_unfinished": unfinished}})
+        pre = f"{self.phase}_" if getattr(self, "phase", "") else ""
+        w.put("log", "parent", {"metrics": [], "tags": {f"{pre}trials_total": len(trials or []),
+                                                       f"{pre}trials_failed": failed,
+                                                       f"{pre}trials_unfinished": unfinished}})
         w.put("retire", "parent", {"live": [str(t.trial_id) for t in trials or []]})
         w.put("end", "parent", {"status": "KILLED" if unfinished else "FINISHED"})  # a resume reopens it
         self.close()

@@ -1,26 +1,32 @@
 """One trial's (or one `gradmix-tune run`'s) result dicts -> the writer's metric, figure and end ops.
 
-    metrics  kind=task:  acc_task_<j>, avg_acc, task_time_s and the task's diagnostics  step = tasks_done
-             kind=epoch: every finite number of the result (seen_acc, loss, epoch_time_s, a
-                         mixer's diagnostics, ...) but avg_acc, and the task   step = global_epoch
-             last task:  results.FINAL_METRICS, once
+    metrics  kind=epoch: epoch/<name> for every finite number of the result (seen_acc, loss,
+                         epoch_time_s, a mixer's diagnostics, ...) but avg_acc and val_avg_acc,
+                         and epoch/task (the task it trained, 1-based)      step = global epoch (1, 2, ...)
+             kind=task:  task/<name>: task/avg_acc, task/acc_task_<j> (accuracy on task j, 1-based),
+                         task/task_time_s and the task's diagnostics       step = tasks done (1, 2, ...)
+             last task:  results.FINAL_METRICS and their val_ twins (final_avg_acc, forgetting, ...),
+                         unprefixed, once
     artifacts accuracy_matrix.json/.png, s_matrix.png, curve.png, error.txt
 
-A metric that a run reports per epoch is logged per epoch only, even when the task's result repeats
-it (the last epoch's value): one step axis per metric.
+One x axis per prefix, so the MLflow UI's chart view shows one section per axis (epoch/, task/) and
+the final metrics apart; steps and task numbers are 1-based, as the console counts tasks. A metric
+that a run reports per epoch is logged per epoch only, even when the task's result repeats it (the
+last epoch's value).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from .. import figures
-from ..results import FINAL_METRICS, NOT_METRICS
+from ..results import CARRIED, FINAL_METRICS, NOT_METRICS, VAL_METRICS
 from ..values import is_finite
 from .store import http_limits
 from .writer import Writer
@@ -28,6 +34,23 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 _PNG_CACHE: dict[str, bytes] = {}  # recent figures: one drawing serves every tracking URI
+EPOCH, TASK = "epoch/", "task/"  # the prefixes of the per-epoch and per-task metric families
+FINAL = FINAL_METRICS + tuple(VAL_METRICS)  # whole-run values: unprefixed, logged once
+_PER_TASK_J = re.compile(r"^(val_)?acc_task_(\d+)$")
+
+
+def epoch_metric(name: str) -> str:
+    """The MLflow name of a per-epoch value (step = global epoch)."""
+    return EPOCH + name
+
+
+def task_metric(name: str) -> str:
+    """The MLflow name of a per-task value (step = tasks done): acc_task_<j> (0-based j, as results
+    name it) becomes task/acc_task_<j+1>."""
+    m = _PER_TASK_J.match(name)
+    if m:
+        return f"{TASK}{m.group(1) or ''}acc_task_{int(m.group(2)) + 1}"
+    return TASK + name
 
 
 def _now_ms() -> int:
@@ -51,28 +74,28 @@ class RunLog:
         kind = r.get("kind")
         ts = _now_ms()
         metrics: list = []
-        if kind == "epoch":  # every numeric value but avg_acc (the last task's, logged per task)
+        if kind == "epoch":  # every numeric value but avg_acc, val_avg_acc (the last task's, logged per task)
             step = int(r.get("global_epoch", 0))
             self.curve[step] = {"task": r.get("task"), "seen_acc": r.get("seen_acc"), "loss": r.get("loss")}
-            self.epoch_keys.update(k for k in r if k not in NOT_METRICS and k != "avg_acc")
+            self.epoch_keys.update(k for k in r if k not in NOT_METRICS and k not in CARRIED)
             if step <= self.epoch_hw:
                 return
             self.epoch_hw = step
-            metrics = [[k, v, ts, step, "epoch"] for k, v in r.items()
-                       if k not in NOT_METRICS and k != "avg_acc" and is_finite(v)]
+            metrics = [[epoch_metric(k), v, ts, step, "epoch"] for k, v in r.items()
+                       if k not in NOT_METRICS and k not in CARRIED and is_finite(v)]
             if is_finite(r.get("task")):  # which task each epoch belongs to (epochs can stop early)
-                metrics.append(["task", r["task"], ts, step, "epoch"])
+                metrics.append([epoch_metric("task"), r["task"] + 1, ts, step, "epoch"])
         elif kind == "task":  # accuracies, times and diagnostics not already logged per epoch
             step = int(r.get("tasks_done", int(r.get("task", 0)) + 1))
             self.last_task = r
             if step > self.task_hw:
                 self.task_hw = step
-                metrics = [[k, v, ts, step, "task"] for k, v in r.items()
-                           if k not in NOT_METRICS and k not in self.epoch_keys and k not in FINAL_METRICS
+                metrics = [[task_metric(k), v, ts, step, "task"] for k, v in r.items()
+                           if k not in NOT_METRICS and k not in self.epoch_keys and k not in FINAL
                            and is_finite(v)]
             if r.get("final") and not self.final:
                 self.final = True
-                metrics += [[k, r[k], ts, step, "final"] for k in FINAL_METRICS if is_finite(r.get(k))]
+                metrics += [[k, r[k], ts, step, "final"] for k in FINAL if is_finite(r.get(k))]
         if metrics:
             self.w.put("log", self.key, {"metrics": metrics})
 
@@ -127,8 +150,8 @@ class RunLog:
         try:
             with http_limits():
                 for name in ("seen_acc", "loss", "task"):
-                    for m in self.w.client.get_metric_history(run_id, name):
-                        out.setdefault(m.step, {})[name] = m.value
+                    for m in self.w.client.get_metric_history(run_id, epoch_metric(name)):
+                        out.setdefault(m.step, {})[name] = m.value - 1 if name == "task" else m.value
         except Exception as e:  # noqa: BLE001 - the curve then shows this session's epochs only
             log.debug("no metric history for %s: %s", self.key, e)
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -18,6 +19,14 @@ ROLE = "gradmix.role"  # parent | trial | run
 SESSION = "gradmix.session"  # the logger instance that created a parent run
 STEPS = "gradmix.steps"  # JSON high-water marks of the logged metric steps of a child run
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # a run's description in the UI
+# an experiment tag: without it MLflow 3's UI opens an experiment on the GenAI traces page
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# a study that selects hyperparameters (sweep/protocol.py): the trial config keys that become child
+# run tags. phase: tune | evaluate; an evaluation run's tune_rank (1 = best), tune_arm (the tuned
+# configuration's arm), tune_trial (its tuning trials' study indices) and tune_trial_id (their Ray ids)
+PHASE_TAGS = ("phase", "tune_rank", "tune_arm", "tune_trial", "tune_trial_id")
+ALLOW_TEST_METRIC = "allow_test_metric"  # parent tag: the study selected on a test metric on purpose
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
 TAG_MAX = 5000
@@ -58,24 +67,79 @@ def http_limits():
 
 
 def method_of(factors: dict, config: dict) -> str:
-    """The method a trial runs: the swept `method`, else the config's `method`, else its selection."""
+    """The method a trial runs: the swept `method`, else the `method:` preset (config.METHODS) that
+    the config's settings amount to (a config with no preset and no mixing is `er`, with no
+    buffer `finetune`), else its `method:`, else its mixing selection."""
+    from ..config import METHODS, flatten  # torch-free
+
     if factors.get("method"):
         return str(factors["method"])
+    flat = flatten(config)
+    for name in ("finetune", *(m for m in METHODS if m != "finetune")):  # finetune: er with no buffer
+        if all(k in flat and flat[k] == v for k, v in METHODS[name].items()):
+            return name
     if config.get("method"):
         return str(config["method"])
     return str((config.get("mixing") or {}).get("selection") or "unknown")
 
 
+def question_of(ablation_text: str, description: str = "") -> str:
+    """The question of an ablation file: its header comment from the line that starts with
+    "Question" up to the last "?" before the sizing line ("N ... x ... = M runs") or Time/Data
+    lines; else its `description:`; else ""."""
+    lines = []
+    for line in (ablation_text or "").splitlines():
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("#"):
+            break
+        lines.append(line.lstrip()[1:].strip())
+    start = next((i for i, t in enumerate(lines) if re.match(r"Questions?\b", t)), None)
+    if start is None:
+        return description.strip()
+    kept = []
+    for t in lines[start:]:
+        if not t or re.match(r"\d+ .*\bx\b.*=", t) or re.match(r"(Time|Data)\b", t):
+            break
+        kept.append(t)
+    text = re.sub(r"^Question:\s*", "", " ".join(kept))
+    return text[:text.rfind("?") + 1] if "?" in text else text
+
+
+def data_key(data: dict) -> str:
+    """A data section as a key: the runs whose data sections are equal share a dataset."""
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def dataset_input(info: dict) -> dict:
+    """What `mlflow.log_input` records of a run's dataset, from Benchmark.describe(): its name, a
+    digest of what was loaded (data section, sizes, class order), where it came from, the tensor
+    shapes (schema) and a profile with the sizes and the class order per task."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    shape = [-1, *info.get("input_shape", [])]
+    spec = {"features": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": shape}}]),
+            "targets": json.dumps([{"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1]}}])}
+    profile = {k: info[k] for k in ("train_size", "test_size", "num_classes", "tasks", "class_order",
+                                    "task_classes") if k in info}
+    return {"name": str(info.get("name", "dataset")), "digest": digest,
+            "source_type": "local" if info.get("source", "").startswith("/") else "code",
+            "source": json.dumps({"uri": info.get("source", "")}),
+            "schema": json.dumps({"mlflow_tensorspec": spec}), "profile": json.dumps(profile)}
+
+
 def study_info(study) -> dict:
     """What the store keeps of a study (a sweep's Study, or a dict with its fields): name,
-    experiment (default: the name), ablation path and text, grid, seeds, metric, mode."""
+    experiment (default: the name), ablation path and text, grid, seeds, metric, mode, and whether
+    it selects on a test metric on purpose (allow_test_metric)."""
     get = (lambda k, d=None: study.get(k, d)) if isinstance(study, dict) else \
         (lambda k, d=None: getattr(study, k, d))
     name = str(get("name") or "study")
     return {"name": name, "experiment": str(get("experiment") or name), "path": str(get("path") or ""),
             "raw_text": get("raw_text") or "", "grid": dict(get("grid") or {}),
             "seeds": list(get("seeds") or []), "metric": str(get("metric") or "final_avg_acc"),
-            "mode": str(get("mode") or "max")}
+            "mode": str(get("mode") or "max"), "allow_test_metric": bool(get("allow_test_metric") or False)}
 
 
 def param_value(v: Any) -> str:

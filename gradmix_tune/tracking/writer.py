@@ -2,8 +2,10 @@
 
 Every MLflow call of tracking/ goes through a `Writer`: an operation that fails for a transient
 reason (server unreachable, database locked) stays queued and is retried later with backoff, so a
-tracking outage never stops training; what is still unsent at the end is written to a JSON-lines
-file and reported.
+tracking outage never stops training; what is still unsent at the end is written to a folder
+(`spill_dir`: a sweep's results folder) as unsent.jsonl plus the artifacts it names (files/), and
+replay.py sends it later. Sending is idempotent: runs are found again by their tags, metrics by
+the steps a run records it has (tag gradmix.steps), so sending the same entries twice writes them once.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import time
 from collections import deque
 from typing import Any
 
-from .store import PARENT, STEPS, artifact_root, http_limits, is_network_error, is_permanent, param_value, short, \
-    tag_value
+from .store import EXPERIMENT_KIND, PARENT, STEPS, artifact_root, http_limits, is_network_error, is_permanent, \
+    param_value, short, tag_value
+
+UNSENT = "unsent.jsonl"
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,13 @@ class Writer:
     after `max_attempts`.
     """
 
-    def __init__(self, uri: str, experiment: str, max_pending: int = 50_000, max_attempts: int = 5):
+    def __init__(self, uri: str, experiment: str, max_pending: int = 50_000, max_attempts: int = 5,
+                 spill_dir: str | None = None):
         self.uri, self.experiment = uri, experiment
+        self.spill_dir = spill_dir  # where close() keeps what it could not send (None: its temp folder)
+        self.replaying = False  # sending a spilled file again: no run is reopened, no status set twice
+        self.counts = {"runs_created": 0, "runs_found": 0, "metrics": 0, "metrics_there": 0, "artifacts": 0,
+                       "datasets": 0, "ends": 0, "tags": 0}
         self.max_pending, self.max_attempts = max_pending, max_attempts
         self.pending: deque[list] = deque()
         self.run_ids: dict[str, str] = {}
@@ -119,7 +128,8 @@ class Writer:
         return True
 
     def close(self, wait_s: float = 20.0) -> str | None:
-        """Final flush (retrying for up to `wait_s`); leftovers go to a JSON-lines file, returned."""
+        """Final flush (retrying for up to `wait_s`); leftovers go to unsent.jsonl in a new folder
+        of `spill_dir` (with copies of the artifacts they name), whose path is returned."""
         deadline = time.monotonic() + wait_s
         delay = 1.0
         while not self.flush(force=True) and time.monotonic() + delay < deadline:
@@ -130,14 +140,59 @@ class Writer:
             if self.dropped:
                 log.warning("MLflow: %d metric batches were dropped while the queue was full", self.dropped)
             return None
-        spill = os.path.join(self.tmpdir, "unsent.jsonl")
-        with open(spill, "w") as f:
-            for op in self.pending:
-                f.write(json.dumps({"uri": self.uri, "experiment": self.experiment, "op": op[0],
-                                    "key": op[1], "run_id": self.run_ids.get(op[1]), "payload": op[2]}) + "\n")
+        spill = self.spill()
         log.warning("MLflow at %s could not be reached: %d entries were not sent. They are kept in %s "
-                    "(artifacts next to it).", self.uri, len(self.pending), spill)
+                    "(artifacts next to it); send them with: gradmix-tune tracking replay %s",
+                    self.uri, len(self.pending), spill, spill)
         return spill
+
+    def spill(self) -> str:
+        """Write what is queued to <spill_dir>/<time>-<pid>/unsent.jsonl, artifacts copied to files/."""
+        if self.spill_dir:
+            folder = os.path.join(self.spill_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            n = 1
+            while os.path.exists(folder + (f"-{n}" if n > 1 else "")):
+                n += 1
+            folder += f"-{n}" if n > 1 else ""
+        else:
+            folder = self.tmpdir
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, UNSENT)
+        with open(path + ".part", "w") as f:
+            for i, (kind, key, payload) in enumerate(self.pending):
+                payload = dict(payload)
+                if kind == "artifact":
+                    src = payload.pop("file")
+                    payload.pop("tmp", None)
+                    rel = f"files/{i:06d}/{os.path.basename(src)}"
+                    os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
+                    if os.path.isfile(src):
+                        shutil.copy2(src, os.path.join(folder, rel))
+                    payload["file"] = rel
+                f.write(json.dumps({"uri": self.uri, "experiment": self.experiment, "op": kind, "key": key,
+                                    "run_id": self.run_ids.get(key), "payload": payload}) + "\n")
+        os.replace(path + ".part", path)
+        if folder != self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        return path
+
+    def attach(self, key: str, run_id: str) -> bool:
+        """Use the existing run `run_id` for `key` (a spilled file names the runs it had): what it
+        has already logged is skipped. False when the store does not have that run."""
+        try:
+            with http_limits():
+                r = self.client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001
+            if is_permanent(e):
+                return False
+            raise
+        self.run_ids[key] = run_id
+        self.reattached.add(key)
+        try:
+            self.hw[key] = {"epoch": 0, "task": 0, "final": 0, **json.loads(r.data.tags.get(STEPS, "{}"))}
+        except ValueError:
+            self.hw[key] = {"epoch": 0, "task": 0, "final": 0}
+        return True
 
     def _discard(self, op: list) -> None:
         if op[0] == "artifact" and op[2].get("tmp"):
@@ -149,17 +204,20 @@ class Writer:
             exp = c.get_experiment_by_name(self.experiment)
             if exp is None:
                 try:
-                    self.experiment_id = c.create_experiment(self.experiment,
-                                                             artifact_location=artifact_root(self.uri))
+                    exp_id = c.create_experiment(self.experiment, artifact_location=artifact_root(self.uri),
+                                                 tags=dict([EXPERIMENT_KIND]))
                 except Exception:  # noqa: BLE001 - created meanwhile by someone else
                     exp = c.get_experiment_by_name(self.experiment)
                     if exp is None:
                         raise
-                    self.experiment_id = exp.experiment_id
+                    exp_id = exp.experiment_id
             else:
                 if exp.lifecycle_stage == "deleted":
                     c.restore_experiment(exp.experiment_id)
-                self.experiment_id = exp.experiment_id
+                exp_id = exp.experiment_id
+            if exp is not None and exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                c.set_experiment_tag(exp_id, *EXPERIMENT_KIND)  # the UI opens on the training runs
+            self.experiment_id = exp_id
         return self.experiment_id
 
     def _find(self, find: dict, parent_id: str | None) -> Any:
@@ -183,13 +241,14 @@ class Writer:
         if run_id is None:  # its run op was dropped: nothing can be logged for it
             raise _Orphan(f"no MLflow run for {key}")
         if kind == "log":
-            n, metrics, tags = 0, [], {}
+            n, offered, metrics, tags = 0, 0, [], {}
             hw = self.hw.setdefault(key, {"epoch": 0, "task": 0, "final": 0})
             new_hw = dict(hw)
             for q in self.pending:  # merge consecutive log ops of this run into one batch
                 if q[0] != "log" or q[1] != key or len(metrics) + len(q[2].get("metrics", ())) > 900:
                     break
                 n += 1
+                offered += len(q[2].get("metrics", ()))
                 for name, value, ts, step, group in q[2].get("metrics", ()):
                     if group == "final":
                         if hw["final"]:
@@ -207,17 +266,42 @@ class Writer:
                 c.log_batch(run_id, metrics=metrics,
                             tags=[RunTag(k, tag_value(v)) for k, v in tags.items()])
             self.hw[key] = new_hw
+            self.counts["metrics_there"] += offered - len(metrics)  # logged before (a resume, a replay)
+            self.counts["metrics"] += len(metrics)
+            self.counts["tags"] += len(tags)
             return max(n, 1)
         if kind == "artifact":
+            if self.replaying and self._has_artifact(run_id, p["file"], p.get("dir") or None):
+                return 1
             c.log_artifact(run_id, p["file"], p.get("dir") or None)
+            self.counts["artifacts"] += 1
+            return 1
+        if kind == "input":  # the run's dataset (mlflow.log_input); MLflow keeps one per digest
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            if self.replaying and any(d.dataset.digest == p["digest"] and d.dataset.name == p["name"]
+                                      for d in c.get_run(run_id).inputs.dataset_inputs):
+                return 1
+            ds = Dataset(p["name"], p["digest"], p["source_type"], p["source"], p.get("schema"), p.get("profile"))
+            c.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", p.get("context", "training"))])])
+            self.counts["datasets"] += 1
             return 1
         if kind == "end":
+            if self.replaying and c.get_run(run_id).info.status == p["status"]:
+                return 1  # already ended so: a replay sets nothing twice
             c.set_terminated(run_id, p["status"])
+            self.counts["ends"] += 1
             return 1
         if kind == "retire":
             self._retire(key, p["live"])
             return 1
         raise ValueError(f"unknown op {kind}")
+
+    def _has_artifact(self, run_id: str, file: str, folder: str | None) -> bool:
+        """The run already has this file, same name and size (a replay sent it before)."""
+        size = os.path.getsize(file) if os.path.isfile(file) else -1
+        name = "/".join(x for x in (folder, os.path.basename(file)) if x)
+        return any(f.path == name and f.file_size == size for f in self.client.list_artifacts(run_id, folder))
 
     def _open_run(self, key: str, p: dict) -> None:
         """Create the run, or find it again (resume) and make it RUNNING."""
@@ -257,8 +341,9 @@ class Writer:
                 new_tags["resume_command"] = tags["command"]  # keep the original command
             self.run_ids[key] = run_id
             self._log_params_tags(run_id, missing, new_tags)
-            if existing.info.status != "RUNNING" and p.get("reopen", True):
+            if existing.info.status != "RUNNING" and p.get("reopen", True) and not self.replaying:
                 c.update_run(run_id, status="RUNNING")
+            self.counts["runs_found"] += 1
             try:
                 self.hw[key] = {"epoch": 0, "task": 0, "final": 0, **json.loads(existing.data.tags.get(STEPS, "{}"))}
             except ValueError:
@@ -269,6 +354,7 @@ class Writer:
         run_id = run.info.run_id
         self.run_ids[key] = run_id
         self.hw[key] = {"epoch": 0, "task": 0, "final": 0}
+        self.counts["runs_created"] += 1
         self._log_params_tags(run_id, p.get("params", {}), {})
 
     def _adoptable(self, adopt: dict, parent_id: str | None) -> Any:
