@@ -30,6 +30,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/mnist_accuracy.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/sweep_throughput.py
+	$(PY) benchmarks/decision_stability.py
+	$(PY) benchmarks/approximation_agreement.py
 
 clean:
-	rm -rf ray_results reports/*/ mlflow.db mlartifacts .pytest_cache
+	rm -rf ray_results mlflow.db mlartifacts .pytest_cache
+	git clean -fdXq reports  # generated reports only: the published studies are tracked

@@ -25,6 +25,7 @@ refreshes, own RNG, so the run itself is untouched): noise and the lag a momentu
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -88,67 +89,65 @@ def fixed_model(dataset: str, seeds, ks, bps, moms, refreshes: int, ref_k: int, 
             learner.train_task(t, Hooks())
         learner.model.eval()
         ref = reference(learner, 2, ref_k, seed, ref_n)
-        for k, bp, m in [(k, bp, m) for k in ks for bp in bps for m in moms]:
-            if True:
-                mixer = Mixer(MixingConfig(selection="gradient", probes_per_class=k, buffer_probes=_bp(bp, k),
-                                           score_momentum=m), learner.bench.num_classes, seed)
-                ctx = _ctx(learner, 2, _probe_fn(learner, 2, mixer.rng))
-                warm = int(round(1 / (1 - m)))
-                decisions, flips, errs, times = [], [], [], []
-                for r in range(warm + refreshes):
-                    mixer.stats.flips = mixer.stats.compared = 0
-                    t0 = time.perf_counter()
-                    S = mixer.refresh(ctx)
-                    times.append(time.perf_counter() - t0)
-                    if r < warm:
-                        continue
-                    d = _decisions(S)[0]
-                    decisions.append(d)
-                    flips.append(mixer.stats.flips / max(mixer.stats.compared, 1))
-                    errs.append(float((d != ref).mean()))
-                D = np.array(decisions)
-                flip6 = np.mean([(D[i:i + 6] != D[i]).any(axis=0).mean() for i in range(0, len(D) - 5, 6)])
-                o = out.setdefault((k, bp, m), {"flip": [], "flip6": [], "err": [], "ms": []})
-                o["flip"].append(np.mean(flips))
-                o["flip6"].append(flip6)
-                o["err"].append(np.mean(errs))
-                o["ms"].append(1000 * statistics.median(times))
+        for k, bp, m in itertools.product(ks, bps, moms):
+            mixer = Mixer(MixingConfig(selection="gradient", probes_per_class=k, buffer_probes=_bp(bp, k),
+                                       score_momentum=m), learner.bench.num_classes, seed)
+            ctx = _ctx(learner, 2, _probe_fn(learner, 2, mixer.rng))
+            warm = int(round(1 / (1 - m)))
+            decisions, flips, errs, times = [], [], [], []
+            for r in range(warm + refreshes):
+                mixer.stats.flips = mixer.stats.compared = 0
+                t0 = time.perf_counter()
+                S = mixer.refresh(ctx)
+                times.append(time.perf_counter() - t0)
+                if r < warm:
+                    continue
+                d = _decisions(S)[0]
+                decisions.append(d)
+                flips.append(mixer.stats.flips / max(mixer.stats.compared, 1))
+                errs.append(float((d != ref).mean()))
+            D = np.array(decisions)
+            flip6 = np.mean([(D[i:i + 6] != D[i]).any(axis=0).mean() for i in range(0, len(D) - 5, 6)])
+            o = out.setdefault((k, bp, m), {"flip": [], "flip6": [], "err": [], "ms": []})
+            o["flip"].append(np.mean(flips))
+            o["flip6"].append(flip6)
+            o["err"].append(np.mean(errs))
+            o["ms"].append(1000 * statistics.median(times))
     return out
 
 
 def training(dataset: str, seeds, ks, bps, moms, ref_k: int, ref_n: int, root: str, epochs: int) -> dict:
     out: dict = {}
     for seed in seeds:
-        for k, bp, m in [(k, bp, m) for k in ks for bp in bps for m in moms]:
-            if True:
-                cfg = _cfg(dataset, seed, epochs, root, ["method=gradmix", f"mixing.probes_per_class={k}",
-                                                          f"mixing.buffer_probes={_bp(bp, k)}",
-                                                          f"mixing.score_momentum={m}"])
-                learner = Learner(cfg)
-                orig, errs, floor, count = learner.mixer.refresh, [], [], [0]
+        for k, bp, m in itertools.product(ks, bps, moms):
+            cfg = _cfg(dataset, seed, epochs, root, ["method=gradmix", f"mixing.probes_per_class={k}",
+                                                      f"mixing.buffer_probes={_bp(bp, k)}",
+                                                      f"mixing.score_momentum={m}"])
+            learner = Learner(cfg)
+            orig, errs, floor, count = learner.mixer.refresh, [], [], [0]
 
-                def refresh(ctx, orig=orig, learner=learner, errs=errs, floor=floor, count=count, seed=seed):
-                    S = orig(ctx)
-                    count[0] += 1
-                    if count[0] % 10 == 0:
-                        ref = reference(learner, ctx.task, ref_k, seed + count[0], ref_n)
-                        ref2 = reference(learner, ctx.task, ref_k, seed + count[0] + 500_000, ref_n)
-                        errs.append(float((_decisions(S)[0] != ref).mean()))
-                        floor.append(float((ref2 != ref).mean()))
-                    return S
+            def refresh(ctx, orig=orig, learner=learner, errs=errs, floor=floor, count=count, seed=seed):
+                S = orig(ctx)
+                count[0] += 1
+                if count[0] % 10 == 0:
+                    ref = reference(learner, ctx.task, ref_k, seed + count[0], ref_n)
+                    ref2 = reference(learner, ctx.task, ref_k, seed + count[0] + 500_000, ref_n)
+                    errs.append(float((_decisions(S)[0] != ref).mean()))
+                    floor.append(float((ref2 != ref).mean()))
+                return S
 
-                learner.mixer.refresh = refresh
-                epochs_log = []
-                hooks = Hooks(on_epoch=epochs_log.append)
-                for t in range(learner.bench.num_tasks):
-                    learner.train_task(t, hooks)
-                flips = [e.diagnostics["decision_flip_rate"] for e in epochs_log if e.task >= 1]
-                o = out.setdefault((k, bp, m), {"flip_t": [], "err_t": [], "floor": [], "acc": [], "mixed": []})
-                o["floor"].append(float(np.mean(floor)) if floor else float("nan"))
-                o["flip_t"].append(float(np.nanmean(flips)))
-                o["err_t"].append(float(np.mean(errs)) if errs else float("nan"))
-                o["acc"].append(learner.result().final_avg_acc)
-                o["mixed"].append(float(np.mean([e.diagnostics["frac_mixed"] for e in epochs_log if e.task >= 1])))
+            learner.mixer.refresh = refresh
+            epochs_log = []
+            hooks = Hooks(on_epoch=epochs_log.append)
+            for t in range(learner.bench.num_tasks):
+                learner.train_task(t, hooks)
+            flips = [e.diagnostics["decision_flip_rate"] for e in epochs_log if e.task >= 1]
+            o = out.setdefault((k, bp, m), {"flip_t": [], "err_t": [], "floor": [], "acc": [], "mixed": []})
+            o["floor"].append(float(np.mean(floor)) if floor else float("nan"))
+            o["flip_t"].append(float(np.nanmean(flips)))
+            o["err_t"].append(float(np.mean(errs)) if errs else float("nan"))
+            o["acc"].append(learner.result().final_avg_acc)
+            o["mixed"].append(float(np.mean([e.diagnostics["frac_mixed"] for e in epochs_log if e.task >= 1])))
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-COMMANDS = ("run", "sweep", "report", "ui")
+COMMANDS = ("run", "sweep", "report", "ui", "tracking")
 
 
 def _table(result) -> str:
@@ -51,7 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_track:  # MLflow: a run without a parent, logged like a sweep's trial
         from .tracking import RunLogger, resolve_tracking_uri
 
-        tracker = RunLogger(cfg, resolve_tracking_uri(args.tracking_uri), args.experiment, args.config)
+        from .data import describe
+
+        tracker = RunLogger(cfg, resolve_tracking_uri(args.tracking_uri), args.experiment, args.config,
+                            dataset=describe(bench, cfg))
         print(f"tracking: {tracker.uri} (experiment {tracker.experiment}; --no-track to skip)", flush=True)
 
     def on_task(rec, state):
@@ -74,8 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", traceback.format_exc())
         raise
     if tracker:
-        tracker.end("FINISHED")
-        if tracker.run_id:
+        unsent = tracker.end("FINISHED")
+        if unsent:
+            print(f"warning: MLflow at {tracker.uri} did not take everything: kept in {unsent}; send it "
+                  f"with `gradmix-tune tracking replay {unsent}`", file=sys.stderr)
+        elif tracker.run_id:
             print(f"MLflow run {tracker.run_id}")
     print()
     print(_table(result))
@@ -160,6 +166,34 @@ def _wait_until_answering(url: str, proc, timeout_s: float = 120.0) -> bool:
         except OSError:
             time.sleep(0.5)
     return False
+
+
+def cmd_tracking_replay(args: argparse.Namespace) -> int:
+    """Send unsent.jsonl files (what MLflow did not take) to a tracking store; idempotent."""
+    from .tracking.replay import ReplayError, read, replay, summary, unsent_files
+
+    target = Path(args.file)
+    if not target.exists():
+        raise ConfigError(args.file, None, "no such file or folder",
+                          "give the unsent.jsonl that a sweep or run named (a study keeps them in "
+                          "<storage>/<study>/mlflow-unsent/)")
+    files = unsent_files(target)
+    if not files:
+        raise ConfigError(args.file, None, "no unsent.jsonl here", "give the file, or the folder that holds it")
+    for f in files:
+        try:
+            read(f)
+        except ReplayError as e:
+            raise ConfigError(str(f), None, str(e).split(": ", 1)[-1], "give an unsent.jsonl a gradmix-tune "
+                                                                         "sweep or run wrote") from None
+    for f in files:
+        try:
+            res = replay(f, args.tracking_uri)
+        except ReplayError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(summary(res, f), flush=True)
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -297,6 +331,20 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000, help="port to serve on")
     u.set_defaults(func=cmd_ui)
+
+    t = sub.add_parser("tracking", help="MLflow tracking chores: send what could not be sent",
+                       formatter_class=_Help, description="MLflow tracking chores.")
+    tsub = t.add_subparsers(dest="tracking_command", metavar="ACTION")
+    tr = tsub.add_parser("replay", formatter_class=_Help, help="send an unsent.jsonl to a tracking store",
+                         description="Send the MLflow entries that a sweep or run could not send (its "
+                                     "unsent.jsonl, with the artifacts beside it) to a tracking store. "
+                                     "Idempotent: runs are found again, what a run already has is skipped, "
+                                     "so replaying twice writes nothing twice. Exit 1 when the store does "
+                                     "not answer (nothing is lost: run it again).")
+    tr.add_argument("file", help="an unsent.jsonl, or a folder of them (e.g. <storage>/<study>/mlflow-unsent)")
+    tr.add_argument("--tracking-uri", help="where to send them (None: the store they were meant for)")
+    tr.set_defaults(func=cmd_tracking_replay)
+    t.set_defaults(func=lambda a: (t.print_help(), 2)[1])
     return p
 
 

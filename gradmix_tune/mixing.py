@@ -319,14 +319,14 @@ class Mixer:
         """Recompute S[a, b] for every pair of seen classes from k probe mixes per pair; blend it
         into the running S (`score_momentum`) within a task; update the helpful pairs.
 
-        Probes: k mix parents per seen class; the buffer gradient comes from a separate sample of
-        the old classes' buffer samples (`buffer_probes` a class, 0 = every one that is not a
-        parent), so its noise is independent of the mixes'. last_layer scope: one no-grad forward of the probes; a mix's features are
-        taken as the same mix of its parents' features, which is exact for mixing in feature
-        space (manifold mixup at the head) and a first-order approximation of input mixup
-        through a nonlinear backbone (see the README for measured agreement). Every pair then
-        costs O(k C), not a forward. full scope: real input-space mixes and full-model gradients
-        of the trained loss per pair (slow, for checks).
+        Probes: k mix parents per seen class; the buffer gradient comes from a separate sample
+        of the old classes' buffer samples (`buffer_probes` a class, 0 = every one that is not a
+        parent), so its noise is independent of the mixes'. last_layer scope: one no-grad
+        forward of the probes; a mix's features are taken as the same mix of its parents'
+        features, which is exact for mixing in feature space (manifold mixup at the head) and a
+        first-order approximation of input mixup through a nonlinear backbone (the README gives
+        the measured agreement). Every pair then costs O(k C), not a forward. full scope: real
+        input-space mixes and full-model gradients of the trained loss per pair (slow, for checks).
         """
         t0 = time.perf_counter()
         model, k, C = ctx.model, self.cfg.probes_per_class, self.num_classes

@@ -5,8 +5,10 @@ Every dict has `kind` ("epoch" | "task") and only scalar values (lists go as JSO
 Ray Tune, its schedulers and MLflow can take it as it is.
 
 kind = "epoch" (after every epoch):
-    task, epoch, global_epoch, seen_acc, loss, epoch_time_s,
-    and with mixing: frac_mixed, frac_pairs_helpful, selection_time_s, refresh_time_s, refreshes
+    task, epoch, global_epoch, seen_acc, loss, epoch_time_s, val_seen_acc (with a validation
+    split), and with mixing the mixer's diagnostics (mixing.MixStats: frac_mixed,
+    frac_current_mixed, new_class_label_weight, frac_pairs_helpful, pairs_helpful_<type>,
+    decision_flip_rate, selection_time_s, refresh_time_s, refreshes); NaN ones are not logged
 kind = "task" (after every task; carries the checkpoint):
     task, tasks_done, global_epoch, avg_acc, acc_task_<j> for j <= task, task_time_s,
     accuracy_matrix (JSON), and, on the last task only, final=1 (not `done`: Ray reserves it) plus

@@ -245,6 +245,17 @@ class S3:
                 return out
             token = page["NextContinuationToken"]
 
+    def etags(self, prefix: str = "") -> dict[str, tuple]:
+        """Object key -> (ETag, last modified): changes when the object is written again."""
+        out, token = {}, None
+        while True:
+            kw = {"Bucket": self.bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {})}
+            page = self.client().list_objects_v2(**kw)
+            out.update({o["Key"]: (o["ETag"], o["LastModified"]) for o in page.get("Contents", [])})
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
     def read(self, key: str) -> bytes:
         return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
 

@@ -418,6 +418,7 @@ VALID = {
     "train.weight_decay": st.floats(0, 1, **finite),
     "train.device": st.sampled_from(["auto", "cpu", "cuda", "cuda:1"]),
     "train.threads": st.integers(0, 64),
+    "train.max_tasks": st.integers(0, 1),  # at most data.tasks (>= 1 here)
     "memory.size": st.just(0) | st.integers(10, 100_000),
     "memory.replay_batch_size": st.integers(0, 10),
     "memory.retrieval_candidates": st.integers(10, 1000),

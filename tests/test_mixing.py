@@ -267,7 +267,8 @@ def test_gradient_sample_cutmix_trains_the_box_it_scored():
 
     def probe(k, buffer_k=0):
         ys = torch.tensor([c for c in (0, 1, 2) for _ in range(k)])
-        return Probes(torch.randn(len(ys), 3, 8, 8), ys, ys == 0, torch.randn(6, 3, 8, 8), torch.zeros(6, dtype=torch.int64))
+        return Probes(torch.randn(len(ys), 3, 8, 8), ys, ys == 0, torch.randn(6, 3, 8, 8),
+                      torch.zeros(6, dtype=torch.int64))
 
     seen = 0
     for _ in range(20):

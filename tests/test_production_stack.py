@@ -210,13 +210,12 @@ def test_s3_storage_study_killed_and_resumed(tmp_path, s3, s3_ray):
         os.killpg(proc.pid, signal.SIGKILL)  # the driver (it joined the Ray above: its trials go on
         proc.wait()                          # until Ray sees the driver gone, then stop)
         log.close()
-    assert "-> s3://gradmix-test/ray/prod_s3" in (tmp_path / "driver.log").read_text()
-    before = trial_results(s3, prefix)
-    finished = {n: rows for n, rows in before.items() if any("final_avg_acc" in r for r in rows)
-                and n.split("_", 1)[1] in done}
-    assert finished, sorted(before)
-    ckpts_before = {k for k in s3.keys(prefix) if "/checkpoint_" in k}
-    assert ckpts_before  # the checkpoints are in the bucket
+    assert storage in (tmp_path / "driver.log").read_text()
+    # what the bucket holds at the kill: every checkpoint object, by key, with its ETag and time
+    objects = {k: e for k, e in s3.etags(prefix).items() if "/checkpoint_" in k}
+    assert objects  # the checkpoints are in the bucket
+    finished = {n for n in trial_results(s3, prefix) if n.split("_", 1)[1] in done}
+    assert finished
 
     res = gradmix(*args, "--resume", env=env, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -230,24 +229,26 @@ def test_s3_storage_study_killed_and_resumed(tmp_path, s3, s3_ray):
         if ends:
             finals.setdefault(ends[0]["config"]["index"], []).append(name)
     assert sorted(finals) == [0, 1, 2] and all(len(v) == 1 for v in finals.values()), finals  # each trial once
-    for name, rows in finished.items():  # finished before the kill: not run again
-        assert after[name] == rows
-    # the interrupted trial continued from a checkpoint in the bucket, not from task 1: Ray appended
-    # to the rows it had (tasks 1..j), and the rows after them go on from task j or j + 1 (j: when
-    # the bucket's result.json was a step ahead of the state Ray saved, the task after the
-    # checkpoint it names is trained again) to the last, each once
+    now = s3.etags(prefix)
+    for name in finished:  # finished before the kill: not run again (its checkpoints not written again)
+        mine = {k: e for k, e in objects.items() if k.startswith(prefix + name + "/")}
+        assert mine and all(now.get(k) == e for k, e in mine.items()), name
+        assert not any(r.get("iterations_since_restore") == 1 and r.get("training_iteration", 0) > 1
+                       for r in after[name])
+    # the interrupted trial continued from its checkpoint in the bucket, not from task 1: Ray
+    # restored it (iterations_since_restore starts again at 1 with training_iteration > 1) at a
+    # task after the first, and it went on to the last task
     resumed = [name for name in after if name.split("_", 1)[1] in partial]
     assert resumed, (partial, sorted(after))
     for name in resumed:
-        old = before.get(name, [])
-        assert after[name][:len(old)] == old
-        had = [r["tasks_done"] for r in old if r.get("kind") == "task"]
-        new = [r["tasks_done"] for r in after[name][len(old):] if r.get("kind") == "task"]
-        assert had and had == list(range(1, len(had) + 1)), had
-        assert new and had[-1] <= new[0] <= had[-1] + 1 and new == list(range(new[0], 5)), (had, new)
-    keys = s3.keys(prefix)
+        rows = after[name]
+        restored = [r for r in rows if r.get("iterations_since_restore") == 1 and r.get("training_iteration", 0) > 1]
+        assert restored and restored[0]["task"] >= 1, [(r.get("kind"), r.get("task"),
+                                                          r.get("training_iteration")) for r in rows]
+        tasks = [r["tasks_done"] for r in rows if r.get("kind") == "task"]
+        assert tasks and tasks[-1] == 4 and set(range(restored[0]["task"] + 1, 5)) <= set(tasks), tasks
     for name in after:  # each trial's last checkpoint is in the bucket
-        assert any(k.startswith(f"{prefix}{name}/checkpoint_") and k.endswith("learner.pt") for k in keys), name
+        assert any(k.startswith(f"{prefix}{name}/checkpoint_") and k.endswith("learner.pt") for k in now), name
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

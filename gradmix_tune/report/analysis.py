@@ -82,6 +82,15 @@ def _levels(arms: list, grid: dict) -> tuple[list[str], dict[str, list]]:
     return keys, levels
 
 
+def _names_method(arms: list, key: str) -> bool:
+    """Each level of factor `key` goes with one method, and different levels with different methods."""
+    by_level: dict[str, set] = {}
+    for a in arms:
+        by_level.setdefault(jkey(a["factors"].get(key)), set()).add(a["method"])
+    methods = [m for ms in by_level.values() for m in ms]
+    return all(len(ms) == 1 for ms in by_level.values()) and len(set(methods)) == len(methods)
+
+
 def _baseline(raw: dict, arms: list, method_key: str | None, keys: list, levels: dict) -> dict:
     """The study's baseline and the reference level of every factor (see the module docstring)."""
     methods = {a["method"] for a in arms}
@@ -92,7 +101,8 @@ def _baseline(raw: dict, arms: list, method_key: str | None, keys: list, levels:
             out = {"kind": "arm", "name": arm["arm"], "ref": dict(arm["factors"]),
                    "rule": "named by the ablation file (`baseline:`)"}
         elif str(named) in methods and method_key:
-            out = {"kind": "method", "name": str(named), "ref": {method_key: str(named)},
+            ref_value = next(a["factors"][method_key] for a in arms if a["method"] == str(named))
+            out = {"kind": "method", "name": str(named), "ref": {method_key: ref_value},
                    "rule": "named by the ablation file (`baseline:`)"}
         else:
             warning = (f"the ablation file's baseline {named!r} is neither an arm nor a swept method of this "
@@ -216,8 +226,12 @@ def analyse(sr: StudyRuns) -> dict:
     pos = {k: {jkey(v): i for i, v in enumerate(levels[k])} for k in keys}
     arms.sort(key=lambda a: (tuple(pos[k].get(jkey(a["factors"].get(k)), -1) for k in keys), a["arm"]))
     distinct = {k: {jkey(a["factors"].get(k)) for a in arms} for k in keys}
+    # the factor that names the method: `method` itself, or one whose levels each give one method
+    # (a grid over mixing.selection: none -> er, random -> er_mixup, gradient -> gradmix)
     method_key = next((k for k in keys if len(distinct[k]) > 1 and
-                       all(str(a["factors"].get(k)) == a["method"] for a in arms)), None)
+                       all(str(a["factors"].get(k)) == a["method"] for a in arms)), None) or \
+        next((k for k in keys if k.startswith(("mixing.", "augment.")) and len(distinct[k]) > 1
+              and _names_method(arms, k)), None)
     for a in arms:
         a["values"] = {m: {s: tr.metrics.get(m) for s, tr in a["runs"].items()}
                        for m in set(SUMMARY_KEYS) | {test_metric}}

@@ -21,6 +21,7 @@ from .analysis import analyse
 from .charts import figures_of, slug
 from .document import Context, write
 from .runs import load_study
+from . import tuning  # noqa: F401 - registers its section (document.OPTIONAL_SECTIONS) before `write`
 
 log = logging.getLogger(__name__)
 NOTE = "mlflow.note.content"

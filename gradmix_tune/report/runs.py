@@ -37,6 +37,7 @@ class TrialRun:
     error: str = ""
     trial_id: str = ""
     params: dict = field(default_factory=dict)  # the flattened experiment config, as MLflow keeps it
+    tags: dict = field(default_factory=dict)  # the run's MLflow tags (e.g. phase, tune_arm: report/tuning.py)
 
 
 @dataclass
@@ -124,7 +125,8 @@ def load_study(client, study: str, experiment: str | None = None, parent_run_id:
                                start_time=r.info.start_time or 0, arm=t.get("arm") or r.info.run_name or "",
                                seed=_parse_seed(t.get("seed")), method=method, factors=factors,
                                others=others, metrics=dict(m), epochs_per_task=ept,
-                               error=t.get("error", ""), trial_id=t.get("trial_id", ""), params=dict(p)))
+                               error=t.get("error", ""), trial_id=t.get("trial_id", ""), params=dict(p),
+                               tags=dict(t)))
     # one run per (arm, seed): the latest finished; the others count as failed only without one
     best: dict[tuple, TrialRun] = {}
     for tr in sorted(trials, key=lambda x: x.start_time):
@@ -178,16 +180,21 @@ LOCAL_UI = "http://127.0.0.1:5000"
 
 
 def _load_histories(client, tr: TrialRun) -> None:
-    """Accuracy matrix from the acc_task_<j> histories (step i+1 = after task i) and the
-    seen-class accuracy curve (step = global epoch)."""
-    keys = sorted((k for k in tr.metrics if re.fullmatch(r"acc_task_\d+", k)), key=lambda k: int(k[9:]))
+    """Accuracy matrix from the task/acc_task_<j> histories (j and step 1-based: step i = after task
+    i) and the seen-class accuracy curve epoch/seen_acc (step = global epoch), with epoch/task (1-based)
+    naming each epoch's task. Runs logged before the task/ and epoch/ prefixes (acc_task_<j> 0-based,
+    seen_acc, task 0-based) are read too."""
+    new = {int(m.group(1)) - 1: k for k in tr.metrics if (m := re.fullmatch(r"task/acc_task_(\d+)", k))}
+    old = {int(m.group(1)): k for k in tr.metrics if (m := re.fullmatch(r"acc_task_(\d+)", k))}
+    keys = new or old
     hist: dict[int, dict[int, float]] = {}
-    for k in keys:
-        j = int(k[9:])
+    for j, k in sorted(keys.items()):
         for m in client.get_metric_history(tr.run_id, k):
             hist.setdefault(m.step, {})[j] = m.value
     if hist:
         t = max(max(hist), len(keys))
         tr.acc_matrix = [[hist.get(i + 1, {}).get(j) for j in range(i + 1)] for i in range(t)]
-    tr.curve = sorted({m.step: m.value for m in client.get_metric_history(tr.run_id, "seen_acc")}.items())
-    tr.task_of = {m.step: int(m.value) for m in client.get_metric_history(tr.run_id, "task")}
+    prefixed = "epoch/seen_acc" in tr.metrics or "epoch/task" in tr.metrics
+    curve, task = ("epoch/seen_acc", "epoch/task") if prefixed else ("seen_acc", "task")
+    tr.curve = sorted({m.step: m.value for m in client.get_metric_history(tr.run_id, curve)}.items())
+    tr.task_of = {m.step: int(m.value) - prefixed for m in client.get_metric_history(tr.run_id, task)}

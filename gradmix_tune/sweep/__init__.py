@@ -3,7 +3,10 @@
     study.py        ablation YAML -> validated Study, its trials expanded (no ray, no torch)
     storage.py      the study's storage folder: file I/O, the checks before Ray, recorded results
     summary.py      TrialOutcome, SweepOutcome and the per-arm summary table
-    runner.py       run_study: checks, the Ray run, summary, report
+    protocol.py     what a study that selects must do: val_ metrics, the split, search.tasks, evaluate:
+    evaluation.py   phase 2 as data: the chosen configuration's trials and Study, the choice file
+    phases.py       fit_phases: tuning, the choice, evaluation (ray imported when it runs)
+    runner.py       run_study: checks, the Ray run (or both phases), summary, report
     --- importing ray:
     tuner.py        one Ray Tune run of a study: new or restored Tuner, fit, outcomes
     cluster.py      start or join Ray; does a trial fit, does every node see the storage

@@ -57,6 +57,10 @@ def check_study(study: Study) -> int:
             raise ConfigError(where, e.key, e.problem, e.fix) from None
         if info:
             DESCRIBED[key] = info
+    if study.evaluate:  # a study's phase 2 too (phases.py): evaluate.set may name another dataset
+        from .evaluation import evaluation_probe
+
+        return len(groups) + check_study(evaluation_probe(study))
     return len(groups)
 
 

@@ -30,7 +30,7 @@ import copy
 import json
 from typing import Any
 
-from ..config import ConfigError, deep_merge, flatten, from_dict, set_dotted
+from ..config import ConfigError, DataConfig, deep_merge, flatten, from_dict, set_dotted
 from ..results import METRICS, VAL_METRICS, is_test_metric
 from ..values import did_you_mean, is_finite
 
@@ -57,6 +57,10 @@ def selection_base(base: dict, where: str, *, selects: bool, metric: str, sched_
         if flat.get("train.max_tasks"):
             raise ConfigError(where, "search.tasks", "base sets train.max_tasks too",
                               "keep one: search.tasks (evaluation then runs the whole stream)")
+        n = flat.get("data.tasks", DataConfig().tasks)
+        if isinstance(n, int) and tune_tasks > n:
+            raise ConfigError(where, "search.tasks", f"{tune_tasks} tasks, but the stream has {n} (data.tasks)",
+                              f"search.tasks: 1 to {n} (the tuning trials train that many of the first tasks)")
         base = deep_merge(base, {"train": {"max_tasks": tune_tasks}})
     if (selects or metric.startswith("val_") or str(sched_metric).startswith("val_")) and \
             flat.get("data.val_fraction") is None:

@@ -1,20 +1,24 @@
 """run_study: check the storage, run the study's trials on Ray (tuner.py), print the per-arm summary, build the report.
 
 Exit codes (SweepOutcome.exit_code): 0 every trial ran to the end (or was stopped early by
-ASHA), 1 some trial failed, 130 interrupted (resumable); bad input (including unusable storage)
-raises ConfigError, which the command turns into 2. Importing this module imports no ray: Ray is
-loaded only once the checks that need none have passed.
+ASHA) and MLflow took everything, 1 some trial failed or MLflow did not take every entry (kept in
+the study's folder, unsent.py), 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM (resumable); bad
+input (including unusable storage) raises ConfigError, which the command turns into 2. Importing
+this module imports no ray: Ray is loaded only once the checks that need none have passed.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-from .phases import Evaluation, evaluation_probe, fit_phases
+from .phases import Evaluation, fit_phases
 from .preflight import check_study
+from .signals import StopSignals
 from .storage import check_storage
 from .study import Study
 from .summary import SweepOutcome, summary_table
+from .unsent import describe as describe_unsent
+from .unsent import keep, replay_waiting
 
 # Set for the study's run, before ray is imported (a value the user set wins):
 RAY_ENV = {
@@ -34,27 +38,39 @@ def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, ma
     `preflight=False`: the caller already ran preflight.check_study (the data, each arm's learner)."""
     if preflight:
         check_study(study)  # before Ray starts: a missing dataset is one exit-2 line, not N failed trials
-        if study.evaluate:  # and phase 2's (evaluate.set may name another dataset)
-            check_study(evaluation_probe(study))
     check_storage(study, resume, overwrite)  # before Ray starts
+    if resume:
+        replay_waiting(study)  # what an earlier session could not send to MLflow goes first
     saved_env = {k: os.environ.get(k) for k in RAY_ENV}
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
+    stop = StopSignals()
     try:
-        from .tuner import fit_study  # ray: here, once the input is known to be good
+        with stop:
+            from .tuner import fit_study  # ray: here, once the input is known to be good
 
-        fit = fit_phases if study.evaluate else fit_study  # phases.py: tuning, then evaluation (protocol.py)
-        got = fit(study, resume=resume, max_concurrent=max_concurrent, num_cpus=num_cpus,
-                  num_gpus=num_gpus, address=address, storage_given=storage_given, dashboard=dashboard,
-                  heartbeat_s=heartbeat_s, callbacks=list(callbacks or []))
-        trials, parent_run_id, evaluation = got if study.evaluate else (*got, None)
-        return _finish(study, trials, storage_given, reports_dir, parent_run_id, evaluation)
+            fit = fit_phases if study.evaluate else fit_study  # phases.py: tuning, then evaluation (protocol.py)
+            got = fit(study, resume=resume, max_concurrent=max_concurrent, num_cpus=num_cpus,
+                      num_gpus=num_gpus, address=address, storage_given=storage_given, dashboard=dashboard,
+                      heartbeat_s=heartbeat_s, callbacks=list(callbacks or []))
+            trials, parent_run_id, evaluation = got if study.evaluate else (*got, None)
+            outcome = _finish(study, trials, storage_given, reports_dir, parent_run_id, evaluation)
+    except KeyboardInterrupt:  # stopped outside Ray's own handling (while Ray started, a second signal)
+        print(f"\ninterrupted: continue with\n  {_resume_command(study, storage_given)}", flush=True)
+        return SweepOutcome(study, [], stop.exit_code)
     finally:
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if outcome.exit_code == 130:
+        outcome.exit_code = stop.exit_code  # 143 after a SIGTERM
+    return outcome
+
+
+def _resume_command(study: Study, storage_given: bool) -> str:
+    return f"gradmix-tune sweep {study.path} --resume" + (f" --storage {study.storage_path}" if storage_given else "")
 
 
 def _finish(study: Study, trials: list, storage_given: bool, reports_dir: str,
@@ -81,10 +97,15 @@ def _finish(study: Study, trials: list, storage_given: bool, reports_dir: str,
     if interrupted:  # Ctrl-C: Ray saved the state; the report waits for the whole study
         left = phase[0].num_trials - sum(t.status in ("ok", "failed", "stopped") for t in phase[1])
         print(f"interrupted with {left} of {phase[0].num_trials} {'evaluation ' * bool(phase[0].phase_dir)}"
-              f"trials to go: continue with\n"
-              f"  gradmix-tune sweep {study.path} --resume" +
-              (f" --storage {study.storage_path}" if storage_given else ""), flush=True)
+              f"trials to go: continue with\n  {_resume_command(study, storage_given)}", flush=True)
+        unsent = keep(study)
+        if unsent:
+            print(describe_unsent(unsent, study), flush=True)
         return SweepOutcome(study, trials, 130)
+    unsent = keep(study)
+    if unsent:  # the report would read an incomplete store, and say it was logged when it was not
+        print(describe_unsent(unsent, study), flush=True)
+        return SweepOutcome(study, trials, 1)
     try:
         from ..report import after_sweep  # here: --dry-run and bad input read no report code
 

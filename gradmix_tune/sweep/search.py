@@ -75,6 +75,8 @@ class StudySearchGenerator(SearchGenerator):
         known = getattr(self, "known", None)
         if known is not None:
             ray_compat.set_generator_count(self, len(known))
+        # (the last step of Ray's restore_from_dir: the ConcurrencyLimiter below has its saved state now)
+        forget_lost_trials(self.searcher, getattr(self, "unfinished", None))
 
 
 class StudySearcher(Searcher):
@@ -173,4 +175,30 @@ def set_search_concurrency(search_alg, n: int) -> None:
     while s is not None:
         if isinstance(s, ConcurrencyLimiter):
             s.max_concurrent = n
+        s = getattr(s, "searcher", None)
+
+
+def set_unfinished_trials(search_alg, unfinished: set[str] | None) -> None:
+    """On --resume: the ids of the trials Ray's saved state holds unfinished (None: unknown), for
+    StudySearchGenerator.set_state (forget_lost_trials) once Ray has restored the searchers."""
+    s = search_alg
+    while s is not None:
+        if isinstance(s, StudySearchGenerator):
+            s.unfinished = unfinished
+        s = getattr(s, "searcher", None)
+
+
+def forget_lost_trials(search_alg, unfinished: set[str] | None) -> None:
+    """On --resume: a ConcurrencyLimiter counts the trials it handed out and has not seen end
+    (`live_trials`, restored from its saved state). One that Ray's saved state lacks (created in
+    the instant before the driver was killed; created again under a new id) never ends there:
+    it would hold a slot for good, and with --max-concurrent 1 stall the study. Keep only the
+    trials Ray restores unfinished (`unfinished`: their ids; None: unknown, keep all)."""
+    s = search_alg
+    while unfinished is not None and s is not None:
+        if isinstance(s, ConcurrencyLimiter):
+            lost = set(s.live_trials) - unfinished
+            open("/tmp/forget.log", "a").write(f"DEBUGTMP live={s.live_trials} unfinished={unfinished} lost={lost} max={s.max_concurrent}\n")
+            s.live_trials = set(s.live_trials) - lost
+            s.num_unfinished_live_trials = max(0, s.num_unfinished_live_trials - len(lost))
         s = getattr(s, "searcher", None)

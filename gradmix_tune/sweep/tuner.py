@@ -17,11 +17,15 @@ from . import ray_compat
 from .callbacks import MlflowCallback, Progress, error_text
 from .checkpoints import prune_checkpoints
 from .cluster import check_cluster, init_ray
-from .search import make_scheduler, make_search_alg, set_known_trials, set_search_concurrency
+from .preflight import datasets
+from .search import (make_scheduler, make_search_alg, set_known_trials, set_search_concurrency,
+                     set_unfinished_trials)
+from .signals import rearm
 from .storage import raise_if_storage_full, recorded_final, remove_orphans, save_study_record
 from .study import Study, join
 from .summary import TrialOutcome
 from .trial import Trainable, trial_dirname
+from .unsent import spill_dir
 
 
 def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpus: int | None,
@@ -33,12 +37,15 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
     a Ray it started. A study's second phase (phases.py: `phase` "evaluate") logs its runs under
     the first phase's parent run (`parent_run_id`; else the study's latest)."""
     started = init_ray(address, num_cpus, num_gpus, dashboard)
+    rearm()  # ray.init put its own SIGTERM handler in place of the study's
     try:
         slots = check_cluster(study, storage_given)
         concurrency = max_concurrent or slots
         tracker = MlflowCallback(study, study.tracking_uri, resume or bool(phase), phase=phase)
         if parent_run_id:
             tracker.set_state({"parent": parent_run_id})
+        tracker.spill_dir = spill_dir(study)  # unsent entries stay with the study's results (unsent.py)
+        tracker.datasets = datasets(study)  # what preflight loaded: each run's mlflow.log_input
         callbacks = [Progress(study.num_trials, study.metric, study.mode, heartbeat_s=heartbeat_s),
                      JsonLoggerCallback(), tracker, *callbacks]
         trainable = tune.with_resources(Trainable, {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
@@ -52,6 +59,9 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
                     set_search_concurrency(search_alg, max_concurrent)
                 if not study.search:
                     set_known_trials(search_alg, _saved_indices(study.experiment_path))
+                saved = saved_trials(study.experiment_path)
+                set_unfinished_trials(search_alg, None if saved is None else
+                                      {t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")})
             print(f"resuming study {study.name} from {study.experiment_path}", flush=True)
         else:
             tuner = tune.Tuner(
@@ -76,6 +86,9 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
         try:
             grid = tuner.fit()
             trials = outcomes(grid, study)
+        except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM cut Ray's own stop short
+            tracker.abort()  # open runs end KILLED, not RUNNING
+            raise
         except Exception as e:
             raise_if_storage_full(study, e)
             raise

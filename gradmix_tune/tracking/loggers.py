@@ -30,6 +30,7 @@ import yaml
 from ..config import flatten
 from ..results import epoch_result, task_result
 from .runlog import RunLog
+from .store import NOTE, data_key, dataset_input, question_of
 from .store import ALLOW_TEST_METRIC, DEFAULT_RUN_EXPERIMENT, PHASE_TAGS, ROLE, SESSION, method_of, \
     resolve_tracking_uri, short, source_tags, study_info
 from .writer import Writer
@@ -76,7 +77,8 @@ class StudyLogger:
         self.spill: str | None = None
         self.spill_dir: str | None = None  # where unsent entries go (the sweep: its results folder)
         self.datasets: dict[str, dict] = {}  # store.data_key(data section) -> data.describe(): log_input
-        self.close_wait_s = 20.0  # how long the end of a sweep waits for an unreachable MLflow
+        # how long the end of a sweep waits for an unreachable MLflow before keeping what is left
+        self.close_wait_s = float(os.environ.get("GRADMIX_MLFLOW_WAIT_S") or 20.0)
         self._closed = False
 
     # pickling (a Tuner pickles its callbacks; a restored Tuner unpickles them)
@@ -165,9 +167,8 @@ class StudyLogger:
         tags.update({f"factor.{k}": v for k, v in factors.items()})
         tags.update({k: c[k] for k in PHASE_TAGS if c.get(k) not in (None, "")})  # a study that selects
         params = flatten(cfg) if cfg else {k: v for k, v in c.items() if not isinstance(v, dict)}
-        others = " ".join(f"{k}={v}" for k, v in factors.items() if k != "method") if factors else \
-            ("" if arm == tags["method"] else arm)
-        name = " ".join(x for x in (tags["method"], others, f"seed={seed}") if x)  # e.g. "er memory.size=100 seed=0"
+        others = [t for t in arm.split() if not t.startswith("method=") and t not in ("base", tags["method"])]
+        name = " ".join([tags["method"], *others, f"seed={seed}"])  # e.g. "er memory.size=100 seed=0"
         return {"parent": "parent", "name": name, "tags": tags, "params": params,
                 "find": {"trial_id": trial.trial_id}, "adopt": {"arm": arm, "seed": seed}}
 
@@ -227,15 +228,18 @@ class StudyLogger:
 
     @_guarded
     def experiment_end(self, trials: list) -> None:
-        failed = 0
+        failed, unfinished = 0, 0
         for t in trials or []:
             status = getattr(t, "status", "")
             rl = self._runs.get(str(t.trial_id))
             if status == "ERROR":
                 failed += 1
-            if rl is not None and rl.ended is None and status not in ("TERMINATED", "ERROR"):
-                rl.end("KILLED")  # interrupted: reopened by a resume
-        unfinished = sum(getattr(t, "status", "") not in ("TERMINATED", "ERROR") for t in trials or [])
+            # Ctrl-C / SIGTERM: Ray stops the running trials (and marks them TERMINATED) without their
+            # on_trial_complete, so a run not ended here did not finish: KILLED, reopened by a resume
+            cut = rl is not None and rl.ended is None
+            if cut:
+                rl.end("KILLED")
+            unfinished += cut or status not in ("TERMINATED", "ERROR")
         w = self.writer
         pre = f"{self.phase}_" if getattr(self, "phase", "") else ""
         w.put("log", "parent", {"metrics": [], "tags": {f"{pre}trials_total": len(trials or []),
@@ -246,8 +250,20 @@ class StudyLogger:
         self.close()
 
     def close(self) -> None:
-        if self._w is not None:
+        if self._w is not None and not getattr(self, "_closed", False):
+            self._closed = True
             self.spill = self._w.close(self.close_wait_s)
+
+    def abort(self) -> None:
+        """The driver stops without Ray's experiment end (a second Ctrl-C, a signal while Ray starts):
+        the runs still open end KILLED (a resume reopens them) and what is queued is sent or kept."""
+        if self._w is None or getattr(self, "_closed", False):
+            return
+        for rl in self._runs.values():
+            if rl.ended is None:
+                rl.end("KILLED")
+        self._w.put("end", "parent", {"status": "KILLED"})
+        self.close()
 
     @property
     def parent_run_id(self) -> str | None:
@@ -278,26 +294,32 @@ class RunLogger:
     sqlite store take seconds): training only computes the small result dicts and queues them."""
 
     def __init__(self, cfg, tracking_uri: str | None = None, experiment: str | None = None,
-                 config_path: str | None = None, command: str | None = None):
+                 config_path: str | None = None, command: str | None = None, dataset: dict | None = None,
+                 spill_dir: str | None = "mlflow-unsent"):
+        """`dataset`: data.describe() of the run's data (logged with mlflow.log_input); `spill_dir`:
+        where what MLflow did not take is kept (unsent.jsonl, for `gradmix-tune tracking replay`)."""
         cfgd = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment or DEFAULT_RUN_EXPERIMENT
-        self.w = Writer(self.uri, self.experiment)
+        self.w = Writer(self.uri, self.experiment, spill_dir=os.path.abspath(spill_dir) if spill_dir else None)
         self.rl = RunLog(self.w, "run")
         self._last_avg = float("nan")
         self._unsent: str | None = None
         method = method_of({}, cfgd)
         name = f"{Path(config_path).stem if config_path else 'run'} {method} seed={cfgd.get('seed', 0)}"
+        session = uuid.uuid4().hex  # found again by it: a replay of unsent entries makes no second run
         tags = {ROLE: "run", "method": method, "seed": cfgd.get("seed", 0), "config_file": config_path or "",
-                **source_tags(command)}
+                SESSION: session, **source_tags(command)}
         self._q: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="gradmix-mlflow", daemon=True)
         self._thread.start()
 
         def open_run():
-            self.w.put("run", "run", {"name": name, "tags": tags, "params": flatten(cfgd)})
+            self.w.put("run", "run", {"name": name, "tags": tags, "params": flatten(cfgd), "find": {SESSION: session}})
             self.w.put("artifact", "run", {"file": self.w.file("config.yaml", yaml.safe_dump(cfgd, sort_keys=False)),
                                            "tmp": True})
+            if dataset:
+                self.w.put("input", "run", dataset_input(dataset))
             self.w.flush()
 
         self._q.put(open_run)

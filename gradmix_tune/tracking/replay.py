@@ -111,4 +111,4 @@ def summary(res: dict, path: str | os.PathLike) -> str:
     there = f"; {res['metrics_there']} metric values were there already" if res["metrics_there"] else ""
     miss = (f"; runs {', '.join(res['missing_runs'])} are not in this store: their entries were skipped"
             if res["missing_runs"] else "")
-    return f"sent {res['entries']} entries of {path} to {res['uri']} (experiment {res['experiment']}): {what}{there}{miss}"
+    return f"replayed {res['entries']} entries of {path} to {res['uri']} (experiment {res['experiment']}): {what}{there}{miss}"

@@ -19,6 +19,12 @@ from gradmix_tune.values import is_finite
 BACKENDS = ["sqlite", "server"]
 
 
+def run_name(arm: str, seed) -> str:
+    """A child run's name: its method first (the arm's `method=`), the other factors, the seed."""
+    method = next(t.split("=", 1)[1] for t in arm.split() if t.startswith("method="))
+    return " ".join([method, *(t for t in arm.split() if not t.startswith("method=")), f"seed={seed}"])
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_parent_and_nested_children(tracked_study, backend):
@@ -36,7 +42,7 @@ def test_one_parent_and_nested_children(tracked_study, backend):
     assert len(trial_runs) == len(tracked_study.specs) == len(kids), "one child run per trial, no duplicates"
     for (arm, seed), r in kids.items():
         assert r.data.tags[PARENT] == p.info.run_id
-        assert r.info.run_name == f"{arm} seed={seed}"
+        assert r.info.run_name == run_name(arm, seed)
     assert len({r.data.tags["trial_id"] for r in trial_runs}) == len(trial_runs)
 
 
@@ -67,14 +73,19 @@ def test_metric_histories_have_the_right_steps_and_values(tracked_study, backend
             continue
         r = kids[key]
         rid = r.info.run_id
-        h = {k: [(m.step, m.value) for m in sorted(c.get_metric_history(rid, k), key=lambda m: m.step)]
-             for k in ("acc_task_0", "acc_task_1", "avg_acc", "seen_acc", "loss", "epoch_time_s")}
+        # per-task values under task/ at step = tasks done, per-epoch ones under epoch/ at step =
+        # global epoch, tasks counted from 1; the result dicts' names are 0-based (acc_task_0)
+        names = {"acc_task_0": "task/acc_task_1", "acc_task_1": "task/acc_task_2", "avg_acc": "task/avg_acc",
+                 "seen_acc": "epoch/seen_acc", "loss": "epoch/loss", "epoch_time_s": "epoch/epoch_time_s"}
+        h = {k: [(m.step, m.value) for m in sorted(c.get_metric_history(rid, n), key=lambda m: m.step)]
+             for k, n in names.items()}
+        assert not {"acc_task_0", "avg_acc", "seen_acc", "task"} & set(r.data.metrics), "no unprefixed twins"
         assert [s for s, _ in h["acc_task_0"]] == [1, 2]
         assert [s for s, _ in h["acc_task_1"]] == [2]
         assert [s for s, _ in h["avg_acc"]] == [1, 2]
         assert [s for s, _ in h["seen_acc"]] == [1, 2, 3, 4] == [s for s, _ in h["loss"]]
-        assert [(m.step, m.value) for m in sorted(c.get_metric_history(rid, "task"), key=lambda m: m.step)] == \
-            [(1, 0), (2, 0), (3, 1), (4, 1)]
+        assert [(m.step, m.value) for m in sorted(c.get_metric_history(rid, "epoch/task"), key=lambda m: m.step)] \
+            == [(1, 1), (2, 1), (3, 2), (4, 2)]
         # values: what the trial reported to Ray (both sessions for the resumed one)
         rep = results_of(s1 + s2, r.data.tags["trial_id"])
         epochs = {x["global_epoch"]: x for x in rep if x["kind"] == "epoch"}
@@ -90,7 +101,7 @@ def test_metric_histories_have_the_right_steps_and_values(tracked_study, backend
         acc = json.loads(final["accuracy_matrix"])
         assert r.data.metrics["final_avg_acc"] == pytest.approx(sum(acc[-1]) / len(acc[-1]))
         if spec["factors"]["method"] == "gradmix":
-            assert "frac_mixed" in r.data.metrics and "frac_pairs_helpful" in r.data.metrics
+            assert "epoch/frac_mixed" in r.data.metrics and "epoch/frac_pairs_helpful" in r.data.metrics
             # a mixer's diagnostics, reported per epoch and repeated in the task's result: logged at
             # the epochs that reported a finite value, no task-step entries mixed in
             for k in ("frac_mixed", "frac_pairs_helpful", "selection_time_s", "refresh_time_s", "refreshes"):
@@ -99,10 +110,10 @@ def test_metric_histories_have_the_right_steps_and_values(tracked_study, backend
                     if x["kind"] == "epoch":
                         first.setdefault(x["global_epoch"], x)
                 want = [(s, x[k]) for s, x in sorted(first.items()) if is_finite(x.get(k))]
-                got = sorted((m.step, m.value) for m in c.get_metric_history(rid, k))
+                got = sorted((m.step, m.value) for m in c.get_metric_history(rid, f"epoch/{k}"))
                 assert want and [s for s, _ in got] == [s for s, _ in want], k
                 assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-12), k
-        assert sorted(m.step for m in c.get_metric_history(rid, "proxy_drift")) == [1, 2]  # per task only
+        assert sorted(m.step for m in c.get_metric_history(rid, "task/proxy_drift")) == [1, 2]  # per task only
         assert r.info.status == "FINISHED"
 
 
@@ -143,7 +154,7 @@ def test_failed_trial_ends_failed_with_its_error(tracked_study, backend, tmp_pat
     assert "error.txt" in artifact_names(c, r.info.run_id)
     assert "injected failure" in download(tracked_study.uris[backend], r.info.run_id, "error.txt", tmp_path).read_text()
     # it failed in both sessions, reporting epoch 3 each time: logged once
-    assert [m.step for m in c.get_metric_history(r.info.run_id, "seen_acc")] == [1, 2, 3]
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "epoch/seen_acc")] == [1, 2, 3]
     assert "final_avg_acc" not in r.data.metrics
 
 
@@ -155,12 +166,12 @@ def test_resume_reuses_the_runs_and_continues_the_metrics(tracked_study, backend
     crashed = kids[CRASH_ONCE]
     rid = crashed.info.run_id
     assert before[rid]["status"] == "FAILED", "session 1 ended the crashed trial's run FAILED"
-    assert [s for s, _ in before[rid]["hist"]["seen_acc"]] == [1, 2, 3]
+    assert [s for s, _ in before[rid]["hist"]["epoch/seen_acc"]] == [1, 2, 3]
     assert "final_avg_acc" not in before[rid]["hist"]
     # session 2: same run, finished, epoch 3 reported again but logged once, task 2 added
     assert crashed.info.status == "FINISHED"
-    assert [m.step for m in c.get_metric_history(rid, "seen_acc")] == [1, 2, 3, 4]
-    assert [m.step for m in c.get_metric_history(rid, "acc_task_0")] == [1, 2]
+    assert [m.step for m in c.get_metric_history(rid, "epoch/seen_acc")] == [1, 2, 3, 4]
+    assert [m.step for m in c.get_metric_history(rid, "task/acc_task_1")] == [1, 2]
     assert len(c.get_metric_history(rid, "final_avg_acc")) == 1
     assert set(before) == {r.info.run_id for r in runs_of(tracked_study.uris[backend])[2]}, "no new runs on resume"
     s1, s2 = split_sessions(tracked_study.events)
@@ -242,11 +253,11 @@ def test_resume_adopts_or_retires_the_runs_of_trials_ray_created_again(tracked_s
     assert sum(r.data.tags.get(ROLE) == "parent" for r in runs) == 1
     by_trial = {r.data.tags.get("trial_id"): r for r in runs if r.data.tags.get(ROLE) == "trial"}
     assert set(by_trial) == {"new_a", "old_b", "new_b"}, "old_a's empty run was adopted by new_a"
-    assert by_trial["new_a"].info.run_name == f"{a.config['arm']} seed={a.config['seed']}"
+    assert by_trial["new_a"].info.run_name == run_name(a.config["arm"], a.config["seed"])
     for tid in ("new_a", "new_b"):
         r = by_trial[tid]
         assert r.info.status == "FINISHED"
-        assert [m.step for m in c.get_metric_history(r.info.run_id, "seen_acc")] == [1, 2, 3, 4]
+        assert [m.step for m in c.get_metric_history(r.info.run_id, "epoch/seen_acc")] == [1, 2, 3, 4]
     old = by_trial["old_b"]
     assert old.info.status == "KILLED" and old.data.tags["superseded"] == "true"
 
@@ -268,8 +279,14 @@ def test_run_command_logs_a_run_without_parent(tmp_path, capsys):
     assert r.info.run_id in out and r.info.status == "FINISHED"
     assert PARENT not in r.data.tags and r.data.tags[ROLE] == "run"
     assert r.data.tags["method"] == "gradmix" and r.data.params["memory.size"] == "20"
-    assert [m.step for m in c.get_metric_history(r.info.run_id, "avg_acc")] == [1, 2]
-    assert [m.step for m in c.get_metric_history(r.info.run_id, "seen_acc")] == [1, 2, 3, 4]
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "task/avg_acc")] == [1, 2]
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "epoch/seen_acc")] == [1, 2, 3, 4]
+    assert r.info.run_name == "run gradmix seed=0"
+    (ds,) = c.get_run(r.info.run_id).inputs.dataset_inputs
+    profile = json.loads(ds.dataset.profile)
+    assert ds.dataset.name == "digits" and profile["tasks"] == 2
+    assert (profile["train_size"], profile["test_size"], profile["num_classes"]) == (300, 200, 10)
+    assert len(profile["class_order"]) == 10 and profile["task_classes"][0] == profile["class_order"][:5]
     fa = r.data.metrics["final_avg_acc"]
     assert f"final average accuracy   {fa:.4f}" in out
     assert {"config.yaml", "accuracy_matrix.png", "s_matrix.png", "curve.png"} <= artifact_names(c, r.info.run_id)

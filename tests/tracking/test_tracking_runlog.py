@@ -45,10 +45,12 @@ def task(t, tasks, final=False, **extra) -> dict:
 def test_epoch_results_log_every_finite_number_per_global_epoch(rl):
     rl.result(epoch(0, 0, 1, 0.8, frac_mixed=0.4, some_new_diagnostic=2.0, nan_one=float("nan"), flag=True))
     got = {(n, s, g): v for n, v, s, g in logged(rl)}
-    assert {n for n, _, _ in got} == {"seen_acc", "loss", "epoch_time_s", "frac_mixed", "some_new_diagnostic",
-                                      "task"}, "no bookkeeping, no Ray keys, no avg_acc, nothing non-finite"
+    assert {n for n, _, _ in got} == {"epoch/seen_acc", "epoch/loss", "epoch/epoch_time_s", "epoch/frac_mixed",
+                                      "epoch/some_new_diagnostic", "epoch/task"}, \
+        "no bookkeeping, no Ray keys, no avg_acc, nothing non-finite; one prefix per x axis"
     assert all(s == 1 and g == "epoch" for _, s, g in got)
-    assert got[("some_new_diagnostic", 1, "epoch")] == 2.0 and got[("task", 1, "epoch")] == 0
+    assert got[("epoch/some_new_diagnostic", 1, "epoch")] == 2.0
+    assert got[("epoch/task", 1, "epoch")] == 1, "tasks counted from 1, as the console does"
 
 
 def test_an_epoch_reported_again_is_logged_once(rl):
@@ -65,9 +67,10 @@ def test_task_results_log_what_no_epoch_logged_per_task(rl):
     rl.result(epoch(0, 1, 2, 0.85, **diag))
     rl.result(task(0, 2, proxy_drift=0.0, **diag))  # the task repeats its last epoch's diagnostics
     per_task = {n for n, _, s, g in logged(rl) if g == "task"}
-    assert per_task == {"avg_acc", "task_time_s", "acc_task_0", "proxy_drift"}
+    assert per_task == {"task/avg_acc", "task/task_time_s", "task/acc_task_1", "task/proxy_drift"}
     assert all(s == 1 for n, _, s, g in logged(rl) if g == "task")
-    assert [s for n, _, s, _ in logged(rl) if n == "refresh_time_s"] == [1, 2], "one step axis per metric"
+    assert [s for n, _, s, _ in logged(rl) if n == "epoch/refresh_time_s"] == [1, 2], "one step axis per metric"
+    assert not [n for n, _, _, _ in logged(rl) if n == "task/refresh_time_s"]
 
 
 def test_final_metrics_are_logged_once_at_the_last_task(rl):
@@ -75,9 +78,20 @@ def test_final_metrics_are_logged_once_at_the_last_task(rl):
     rl.result(task(1, 2, final=True))
     rl.result(task(1, 2, final=True))  # reported again after a resume
     final = [(n, s) for n, _, s, g in logged(rl) if g == "final"]
-    assert sorted(final) == sorted((k, 2) for k in FINAL_METRICS)
-    assert not {n for n, _, _, g in logged(rl) if g == "task"} & set(FINAL_METRICS)
-    assert [s for n, _, s, g in logged(rl) if n == "avg_acc"] == [1, 2]
+    assert sorted(final) == sorted((k, 2) for k in FINAL_METRICS), "final metrics keep their plain names"
+    assert not {n.removeprefix("task/") for n, _, _, g in logged(rl) if g == "task"} & set(FINAL_METRICS)
+    assert [s for n, _, s, g in logged(rl) if n == "task/avg_acc"] == [1, 2]
+    assert [(n, s) for n, _, s, _ in logged(rl) if "acc_task" in n] == \
+        [("task/acc_task_1", 1), ("task/acc_task_1", 2), ("task/acc_task_2", 2)], "task j and step 1-based"
+
+
+def test_validation_twins_keep_their_families(rl):
+    rl.result(task(0, 2, val_avg_acc=0.6, val_acc_task_0=0.6))
+    rl.result(task(1, 2, final=True, val_avg_acc=0.5, val_acc_task_0=0.4, val_acc_task_1=0.6,
+                   val_final_avg_acc=0.5, val_forgetting=0.2))
+    got = {(n, s, g) for n, _, s, g in logged(rl)}
+    assert {("task/val_avg_acc", 2, "task"), ("task/val_acc_task_2", 2, "task"),
+            ("val_final_avg_acc", 2, "final"), ("val_forgetting", 2, "final")} <= got
 
 
 def test_figures_are_queued_as_png_artifacts(rl):

@@ -2,6 +2,7 @@
 error kinds; and what importing tracking/ and report/ costs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +10,8 @@ import types
 from pathlib import Path
 
 from gradmix_tune.tracking import store
-from gradmix_tune.tracking.store import (PARAM_MAX, TAG_MAX, artifact_root, http_limits, method_of, param_value,
-                                         resolve_tracking_uri, study_info, tag_value)
+from gradmix_tune.tracking.store import (PARAM_MAX, TAG_MAX, artifact_root, dataset_input, http_limits, method_of,
+                                         param_value, question_of, resolve_tracking_uri, study_info, tag_value)
 
 
 def test_resolve_tracking_uri(monkeypatch):
@@ -45,10 +46,35 @@ def test_http_limits_set_defaults_only_for_the_block_and_keep_the_users(monkeypa
 
 
 def test_method_of_a_trial():
-    assert method_of({"method": "gradmix"}, {"method": "er"}) == "gradmix"
-    assert method_of({}, {"method": "er_mixup"}) == "er_mixup"
-    assert method_of({}, {"method": "", "mixing": {"selection": "gradient"}}) == "gradient"
+    from gradmix_tune.config import from_dict
+
+    def cfg(**sections):
+        return from_dict(sections).to_dict()
+
+    assert method_of({"method": "gradmix"}, {"method": "er"}) == "gradmix", "the swept method names the arm"
+    assert method_of({}, cfg()) == "er", "a default run is ER, not 'none'"
+    assert method_of({}, cfg(memory={"size": 0})) == "finetune"
+    assert method_of({}, cfg(mixing={"selection": "random"})) == "er_mixup"
+    assert method_of({}, cfg(mixing={"selection": "gradient"})) == "gradmix"
+    assert method_of({}, cfg(mixing={"selection": "gradient", "op": "cutmix"})) == "gradmix_cutmix"
+    assert method_of({}, cfg(method="er_randaugment")) == "er_randaugment"
+    assert method_of({}, cfg(mixing={"selection": "gradient_sample"})) == "gradient_sample", "no preset: selection"
+    assert method_of({}, {"method": "er_mixup"}) == "er_mixup"  # a partial config: its method
     assert method_of({}, {}) == "unknown"
+
+
+def test_the_question_and_the_dataset_of_a_run():
+    assert question_of("# Question: does it help?\n# 3 x 2 = 6 runs\nname: x\n") == "does it help?"
+    info = {"name": "digits", "source": "sklearn.datasets.load_digits", "train_size": 1440, "test_size": 357,
+            "input_shape": [1, 8, 8], "num_classes": 10, "tasks": 5, "class_order": [2, 8, 4, 9, 1, 6, 7, 3, 0, 5],
+            "task_classes": [[2, 8], [4, 9], [1, 6], [7, 3], [0, 5]]}
+    d = dataset_input(info)
+    assert d["name"] == "digits" and d["source_type"] == "code" and len(d["digest"]) == 12
+    assert json.loads(d["profile"])["class_order"] == info["class_order"]
+    assert json.loads(d["profile"])["train_size"] == 1440
+    assert json.loads(json.loads(d["schema"])["mlflow_tensorspec"]["features"])[0]["tensor-spec"]["shape"] == \
+        [-1, 1, 8, 8]
+    assert dataset_input(dict(info, class_order=[0]))["digest"] != d["digest"], "another class order: another digest"
 
 
 def test_values_are_cut_to_mlflows_limits():

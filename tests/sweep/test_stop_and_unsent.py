@@ -1,0 +1,145 @@
+"""A study stopped by SIGTERM, and a study whose MLflow store went away for good, on a real local Ray,
+real MLflow stores and the offline digits data:
+
+- SIGTERM stops the trials, ends the MLflow runs KILLED (none left RUNNING), says how to resume and
+  exits 143; `--resume` finishes the study in the same runs, without a duplicate metric. The finished
+  study has what the README's "Comparing runs in the MLflow UI" recipe relies on.
+- What the store did not take stays in the study's results folder; the final lines say so (exit 1,
+  no claim that the report was logged); `--resume` sends it first; replaying it again adds nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import client, free_port, sweep_cli_args, write_ablation
+
+from gradmix_tune.cli import main
+from gradmix_tune.sweep import load_study, run_study
+from gradmix_tune.tracking import ROLE
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def runs(uri: str, experiment: str) -> list:
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return c.search_runs([exp.experiment_id], max_results=1000) if exp else []
+
+
+def test_sigterm_stops_the_study_and_resume_finishes_it_in_the_same_runs(tmp_path, ray_address):
+    path = write_ablation(tmp_path, "stopme", base="", text="""\
+        # Question: does a study stopped by SIGTERM resume to the same runs, without duplicates?
+        name: stopme
+        base:
+          data: {name: digits, tasks: 5}
+          model: {name: mlp, hidden: [32]}
+          train: {epochs: 3, batch_size: 10}
+          memory: {size: 60}
+        grid: {method: [er, gradmix]}
+        seeds: [0, 1]
+        """)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [sys.executable, "-m", "gradmix_tune", "sweep", str(path), *sweep_cli_args(tmp_path),
+            "--address", ray_address, "--max-concurrent", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    exp = tmp_path / "ray_results" / "stopme"
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    try:
+        while not list(exp.glob("t*/checkpoint_*")):  # a task of some trial is done: mid-study
+            assert proc.poll() is None, "ended early: " + (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no task finished in time"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    out = (tmp_path / "driver.log").read_text()
+    assert code == 143, out[-3000:]
+    assert f"gradmix-tune sweep {path} --resume" in out and "SIGTERM" in out
+    stopped = runs(uri, "stopme")
+    assert stopped and not [r.info.run_name for r in stopped if r.info.status == "RUNNING"], \
+        [(r.info.run_name, r.info.status) for r in stopped]
+    parent = next(r for r in stopped if r.data.tags.get(ROLE) == "parent")
+    assert parent.info.status == "KILLED"
+    assert any(r.info.status == "KILLED" for r in stopped if r.data.tags.get(ROLE) == "trial")
+
+    res = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "resuming study stopme" in res.stdout and "4/4 done" in res.stdout
+    c = client(uri)
+    done = runs(uri, "stopme")
+    parents = [r for r in done if r.data.tags.get(ROLE) == "parent"]
+    kids = [r for r in done if r.data.tags.get(ROLE) == "trial"]
+    assert [p.info.run_id for p in parents] == [parent.info.run_id], "the same parent run"
+    assert sorted((r.data.tags["arm"], r.data.tags["seed"]) for r in kids) == \
+        sorted((f"method={m}", str(s)) for m in ("er", "gradmix") for s in (0, 1)), "one run per trial"
+    for r in done:
+        assert r.info.status == "FINISHED", (r.info.run_name, r.info.status)
+    for r in kids:
+        rid = r.info.run_id
+        assert [m.step for m in c.get_metric_history(rid, "epoch/seen_acc")] == list(range(1, 16)), "no duplicate"
+        assert [m.step for m in c.get_metric_history(rid, "task/avg_acc")] == [1, 2, 3, 4, 5]
+        assert len(c.get_metric_history(rid, "final_avg_acc")) == 1
+
+    # what README "Comparing runs in the MLflow UI" relies on
+    e = c.get_experiment_by_name("stopme")
+    assert e.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens on the training runs"
+    for r in kids:
+        t = r.data.tags
+        assert {"arm", "method", "seed", "study"} <= set(t) and t["method"] in ("er", "gradmix")
+        assert r.info.run_name == f"{t['method']} seed={t['seed']}"
+        assert "final_avg_acc" in r.data.metrics and r.data.params["memory.size"] == "60"
+        (ds,) = r.inputs.dataset_inputs
+        profile = json.loads(ds.dataset.profile)
+        assert ds.dataset.name == "digits" and len(profile["class_order"]) == 10 and profile["tasks"] == 5
+    note = parents[0].data.tags["mlflow.note.content"]
+    assert "resume to the same runs, without duplicates?" in note and "**Findings**" in note, note
+
+
+def test_an_outage_that_outlasts_the_study_is_kept_and_resume_sends_it(tmp_path, ray_address, capsys,
+                                                                      monkeypatch):
+    monkeypatch.setenv("GRADMIX_MLFLOW_WAIT_S", "2")  # how long the end waits for the store
+    path = write_ablation(tmp_path, "kept", "name: kept\ngrid: {method: [er, gradmix]}\nseeds: [0]\n")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    study = load_study(path, storage=str(tmp_path / "rr"), tracking_uri=dead)
+    out = run_study(study, reports_dir=str(tmp_path / "reports"))
+    printed = capsys.readouterr().out
+    assert out.exit_code == 1 and [t.status for t in out.trials] == ["ok", "ok"]
+    (spill,) = sorted((tmp_path / "rr" / "kept" / "mlflow-unsent").glob("*/unsent.jsonl"))
+    assert "tracking incomplete" in printed and f"gradmix-tune tracking replay {spill}" in printed
+    assert "also logged" not in printed and not (tmp_path / "reports").exists(), "no report of a partial store"
+    assert {p.name for p in spill.parent.glob("files/*/*")} >= {"config.yaml", "accuracy_matrix.png", "curve.png"}
+
+    uri = f"sqlite:///{tmp_path}/later.db"
+    study = load_study(path, storage=str(tmp_path / "rr"), tracking_uri=uri)
+    out = run_study(study, resume=True, reports_dir=str(tmp_path / "reports"))
+    printed = capsys.readouterr().out
+    assert out.exit_code == 0, printed
+    assert f"replayed {len(spill.read_text().splitlines())} entries of {spill} to {uri}" in printed
+    assert "also logged to the study's MLflow run" in printed
+    got = runs(uri, "kept")
+    assert sorted(r.info.run_name for r in got) == ["er seed=0", "gradmix seed=0", "kept"]
+    assert all(r.info.status == "FINISHED" for r in got)
+    c = client(uri)
+    for r in got:
+        if r.data.tags.get(ROLE) == "trial":
+            assert [m.step for m in c.get_metric_history(r.info.run_id, "epoch/seen_acc")] == [1, 2, 3]
+            assert {"config.yaml", "accuracy_matrix.png", "curve.png"} <= {a.path for a in c.list_artifacts(
+                r.info.run_id)}
+    # the file stays (it is the user's); sending it again writes nothing twice
+    assert main(["tracking", "replay", str(spill), "--tracking-uri", uri]) == 0
+    again = capsys.readouterr().out
+    assert "0 runs created, 3 found again, 0 metric values, 0 artifacts, 0 datasets, 0 run ends" in again, again
+    assert len(runs(uri, "kept")) == 3
