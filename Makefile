@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/gradmix_overhead.py
 	$(PY) benchmarks/mnist_accuracy.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/many_classes.py
 	$(PY) benchmarks/sweep_throughput.py
 	$(PY) benchmarks/decision_stability.py
 	$(PY) benchmarks/approximation_agreement.py

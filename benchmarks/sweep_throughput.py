@@ -2,7 +2,11 @@
 same trials run one after another in a plain loop (gradmix_tune.learner.run: no Ray, no MLflow),
 and Ray's per-trial overhead for long trials (Split-MNIST, several epochs a task).
 
-    python benchmarks/sweep_throughput.py [--quick] [--data-root ../shared/data] [--long-epochs N]
+    python benchmarks/sweep_throughput.py [--quick] [--data-root ../shared/data] [--long-epochs N] [--per-epoch]
+
+A trial reports once a task (its epochs' results inside the task's result); --per-epoch times
+the trainable that reports every epoch as well (what a scheduler over global_epoch gets, and what
+every study did before): one blocking round trip to the driver per epoch.
 
 The Ray path is the project's own: sweep.load_study + sweep.run_study (a local Ray started for the
 study with 2 CPUs, a checkpoint after every task, the driver-side MLflow callback writing to a
@@ -126,7 +130,13 @@ def main() -> None:
                     help="folder with MNIST/raw (default $GRADMIX_DATA_ROOT, else ../shared/data)")
     ap.add_argument("--long-epochs", type=int, help="epochs a task of the long trials (default 9, about 30 s "
                                                      "a trial on one core; --quick: 3)")
+    ap.add_argument("--per-epoch", action="store_true", help="trials report every epoch (EpochTrainable), "
+                                                              "not once a task")
     args = ap.parse_args()
+    if args.per_epoch:  # the driver picks the trainable; workers only unpickle it
+        from gradmix_tune.sweep import trial as trial_mod, tuner as tuner_mod
+
+        tuner_mod.trainable_for = lambda study: trial_mod.EpochTrainable
     long_epochs = args.long_epochs or (3 if args.quick else 9)
     logging.getLogger("ray").setLevel(logging.ERROR)
     work = Path(tempfile.mkdtemp(prefix="gradmix-throughput-"))
@@ -176,14 +186,17 @@ def main() -> None:
                 steady = f"{r['steady']:.1f}" if c == 1 else "-"  # 2 trials side by side: no steady state
                 print(f"| Ray Tune | {c} | {r['wall']:.1f} | {r['phase']:.1f} | {steady} |")
 
-        res_q, res_l = 5 * (1 + 1), 5 * (long_epochs + 1)  # results a trial: one per epoch, one per task
+        # results a trial: one per task (carrying its epochs'); --per-epoch: one per epoch, one per task
+        res_q, res_l = (5 * (1 + 1), 5 * (long_epochs + 1)) if args.per_epoch else (5, 5)
         ov_q = runs[("quickstart", 1)]["steady"] - per_q
         ov_l = runs[("long", 1)]["steady"] - per_l
-        b = (ov_l - ov_q) / (res_l - res_q)
-        a = ov_q - b * res_q
+        # per task, both studies send 5 results: no per-result slope; the long trial's overhead is the estimate
+        b = (ov_l - ov_q) / (res_l - res_q) if res_l != res_q else 0.0
+        a = ov_q - b * res_q if res_l != res_q else ov_l
         per_epoch = (per_l - load_s) / (5 * long_epochs)  # training only: loading is paid once a trial
         epochs30 = max(1, round((30 - load_s) / per_epoch / 5))
-        ov30 = a + b * 5 * (epochs30 + 1)
+        res30 = 5 * (epochs30 + 1) if args.per_epoch else 5
+        ov30 = a + b * res30
         print("\n### Ray's overhead per trial (1 trial at a time, steady state)\n")
         print("| trial | loop s/trial | Ray s/trial | overhead s/trial | overhead % of the trial |")
         print("|---|---|---|---|---|")
@@ -191,7 +204,7 @@ def main() -> None:
               f"{ov_q:.2f} | {ov_q / per_q * 100:.0f}% |")
         print(f"| Split-MNIST, {long_epochs} epochs ({res_l} results) | {per_l:.1f} | "
               f"{runs[('long', 1)]['steady']:.1f} | {ov_l:.2f} | {ov_l / per_l * 100:.1f}% |")
-        print(f"| estimate: 30 s trial (Split-MNIST, {epochs30} epochs, {5 * (epochs30 + 1)} results) | 30 | "
+        print(f"| estimate: 30 s trial (Split-MNIST, {epochs30} epochs, {res30} results) | 30 | "
               f"{30 + ov30:.1f} | {ov30:.2f} | {ov30 / 30 * 100:.1f}% |")
         warm = {k: r["first"] - (loop_q if k[0] == "quickstart" else loop_long)[0] for k, r in runs.items() if k[1] == 1}
         fixed = {k: r["wall"] - r["phase"] for k, r in runs.items()}

@@ -40,6 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.set, data_root=args.data_root)
+    if not args.no_track:  # mlflow's import (seconds) overlaps torch's and the data loading
+        from .tracking.loggers import prewarm
+
+        prewarm()
     from .data import load_benchmark  # torch import after the config is known good
     from .learner import DivergedError, Hooks, pick_device, run
 
@@ -196,6 +200,23 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_study_links(uri: str, url: str, most: int = 5) -> None:
+    """The latest studies' runs grouped by arm (MLflow 3 opens an experiment in its GenAI view
+    until its toggle says "Model training"; these links open the runs table directly)."""
+    try:
+        from mlflow import MlflowClient
+
+        from .tracking.store import ARMS_VIEW, ui_links
+
+        exps = MlflowClient(uri).search_experiments(max_results=50, order_by=["last_update_time DESC"])
+        studies = [e for e in exps if f"mlflow.sharedViewState.{ARMS_VIEW}" in e.tags][:most]
+    except Exception:  # noqa: BLE001 - the links are a convenience
+        return
+    for e in studies:
+        links = ui_links(url, e.experiment_id)
+        print(f"  study {e.name}, runs grouped by arm: {links['table']}\n    as charts: {links['charts']}", flush=True)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """`mlflow ui` on the tracking store, bound to 127.0.0.1 unless --host says otherwise."""
     import os
@@ -224,6 +245,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         print(f"MLflow UI ready on {url}; Ctrl-C to stop", flush=True)
+        _print_study_links(uri, url)
         return proc.wait()
     except KeyboardInterrupt:
         proc.terminate()

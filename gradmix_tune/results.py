@@ -15,6 +15,9 @@ kind = "task" (after every task; carries the checkpoint):
     final_avg_acc, avg_incremental_acc, forgetting, bwt, wall_time_s, s_matrix (JSON or ""),
     peak_epoch, peak_acc, u_shape_drop (the last task's per-epoch curve, metrics.u_shape)
     Task dicts also carry the task's diagnostics (proxy_drift; the mixing ones when mixing).
+    A sweep's trial sends a task's epoch dicts inside its task dict, as the JSON list `epochs`
+    (one report a task instead of one an epoch; `with_epochs` / `unpack`), unless its scheduler
+    acts per epoch; kind = "epochs" carries the epochs of a task cut short (an error).
 Every dict also has `avg_acc` (mean accuracy on tasks seen so far, the last task's value) so a
 scheduler always finds its metric; with a validation split (data.val_fraction), `val_avg_acc` too
 (its held-out twin; epoch dicts carry the last task's value, as for avg_acc), so ASHA can stop on
@@ -50,7 +53,9 @@ EPOCH_METRICS = ("seen_acc", "loss", "epoch_time_s")  # plus the diagnostics a m
 LABELS = {"final_avg_acc": "final average accuracy", "avg_incremental_acc": "average incremental accuracy",
           "forgetting": "forgetting", "bwt": "backward transfer (BWT)", "wall_time_s": "wall time (s)"}
 # result bookkeeping, never a metric
-BOOKKEEPING = ("kind", "task", "tasks_done", "global_epoch", "epoch", "final", "accuracy_matrix", "s_matrix")
+EPOCHS = "epochs"  # a task result's epoch results (JSON list): one report a task in a sweep
+BOOKKEEPING = ("kind", "task", "tasks_done", "global_epoch", "epoch", "final", "accuracy_matrix", "s_matrix",
+               EPOCHS, "restore_note")
 # what Ray Tune adds to every reported result (and the sweep's trial index): never a metric either
 TUNE_KEYS = ("done", "index", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
              "time_since_restore", "iterations_since_restore", "timesteps_total", "episodes_total",
@@ -100,3 +105,27 @@ def task_result(rec: "TaskRecord", learner: "Learner") -> dict:
                     "s_matrix": json.dumps(s_matrix) if s_matrix is not None else ""})
     return out
 
+
+
+def with_epochs(result: dict, epochs: list[dict]) -> dict:
+    """`result` (a task dict, or None: kind "epochs" for the epochs of a task cut short) carrying
+    `epochs` as a JSON list, so one report sends them all; see `unpack`."""
+    if result is None:
+        last = epochs[-1]
+        result = {"kind": "epochs", **{k: last[k] for k in SCHEDULER_METRICS + ("global_epoch",) if k in last}}
+    if epochs:
+        result[EPOCHS] = json.dumps(epochs)
+    return result
+
+
+def unpack(result: dict) -> list[dict]:
+    """The results one report carries, in the order they happened: its epoch dicts (if `epochs`),
+    then itself without them (nothing more for kind "epochs")."""
+    if EPOCHS not in result:
+        return [result]
+    try:
+        epochs = json.loads(result[EPOCHS])
+    except (TypeError, ValueError):
+        epochs = []
+    rest = {k: v for k, v in result.items() if k != EPOCHS}
+    return [e for e in epochs if isinstance(e, dict)] + ([] if rest.get("kind") == "epochs" else [rest])

@@ -290,7 +290,10 @@ def split_sessions(events):
 
 
 def results_of(events, trial_id):
-    return [r for _, ev, t, r in events if ev == "result" and t.trial_id == trial_id]
+    """A trial's results as the driver got them, a task's epochs unpacked (results.unpack)."""
+    from gradmix_tune.results import unpack
+
+    return [x for _, ev, t, r in events if ev == "result" and t.trial_id == trial_id for x in unpack(r)]
 
 
 def artifact_names(c, run_id, path=None):
@@ -333,9 +336,12 @@ def sweep_cli_args(tmp_path: Path) -> list[str]:
 
 
 def rows(trial_dir: Path) -> list[dict]:
-    """The result rows of a trial folder's result.json."""
+    """The result rows of a trial folder's result.json, a task's epochs unpacked (results.unpack)."""
+    from gradmix_tune.results import unpack
+
     f = trial_dir / "result.json"
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    return [x for line in f.read_text().splitlines() if line.strip() for x in unpack(json.loads(line))] \
+        if f.exists() else []
 
 
 def trial_dirs(exp: Path) -> dict[str, Path]:

@@ -21,6 +21,7 @@ from .analysis import analyse
 from .charts import figures_of, slug
 from .document import Context, write
 from .runs import load_study
+from .reproduce import per_seed_entries
 from . import tuning  # noqa: F401 - registers its section (document.OPTIONAL_SECTIONS) before `write`
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,14 @@ def log_to_parent_run(client, res: dict, folder: Path) -> None:
         client.log_artifacts(rid, str(folder), artifact_path="report")
 
 
+def summary_of(res: dict, sr) -> dict:
+    """summary.json: the analysis, with each arm's per_seed as [{seed, <metric>, run_id, reproduce}]
+    (`reproduce`: the command line that re-makes that trial alone, report/reproduce.py)."""
+    by_id = {tr.run_id: tr for tr in sr.runs}
+    arms = [{**a, "per_seed": per_seed_entries(a, by_id, res["test_metric"])} for a in res["arms"]]
+    return {**res, "arms": arms}
+
+
 def build_report(study: str, tracking_uri: str | None = None, out_dir: str | Path = "reports",
                  experiment: str | None = None, parent_run_id: str | None = None,
                  log_to_parent: bool = False, ui_url: str | None = None) -> Path:
@@ -101,7 +110,7 @@ def build_report(study: str, tracking_uri: str | None = None, out_dir: str | Pat
     folder.mkdir(parents=True, exist_ok=True)
     figs = figures_of(res, fig_dir)
     write(Context(res, figs, uri, ui_url, runs=sr, fig_dir=fig_dir), folder)
-    (folder / "summary.json").write_text(json.dumps(jsonable(res), indent=1, default=str))
+    (folder / "summary.json").write_text(json.dumps(jsonable(summary_of(res, sr)), indent=1, default=str))
     if log_to_parent:
         log_to_parent_run(client, res, folder)
     return folder

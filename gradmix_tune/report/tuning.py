@@ -133,9 +133,11 @@ def tuning_section(d: Doc, ctx: Context) -> None:
     first = (f" Tuning trials trained the first {', '.join(t['first_tasks'])} of {', '.join(t['tasks'])} tasks "
              "(`search.tasks`, Lee et al. 2024): their test score covers those tasks only."
              if t["first_tasks"] else "")
-    d.p(f"Phase 1 (tuning): {len(t['tune'])} finished tuning runs"
-        + (f" ({t['n_tune_other']} more failed, stopped or unfinished)" if t["n_tune_other"] else "")
-        + f", chosen by `{m}` ({t['mode']}) on the held-out part of each task's training data "
+    stopped = len(t["tune"]) - len(t["ranked"])  # finished runs without the metric: stopped early (ASHA)
+    d.p(f"Phase 1 (tuning): {len(t['ranked'])} tuning runs ran to the end"
+        + (f", {stopped} were stopped early" if stopped else "")
+        + (f", {t['n_tune_other']} failed or did not finish" if t["n_tune_other"] else "")
+        + f"; the choice is by `{m}` ({t['mode']}) on the held-out part of each task's training data "
         f"(data.val_fraction {', '.join(t['val_fraction'])}).{first} Phase 2 (evaluation): the chosen "
         "configuration re-run on fresh seeds (and the `evaluate.set` overrides), on the whole stream and the "
         f"full training data; its test score is the one to report. Optimism gap = the chosen tuning run's "

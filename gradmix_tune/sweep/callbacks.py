@@ -11,6 +11,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from ..tracking import StudyLogger
+from ..results import unpack
 from .storage import recorded_final
 
 
@@ -97,9 +98,10 @@ class Progress(Callback):
         self._out(self._line(trials, trial, "ERROR"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        note = result.get("restore_note")
-        if note:
-            self._out(f"  trial {_who(trial)}: {note}")
+        for r in unpack(result):  # a task's result carries its epochs' (the first may hold the note)
+            note = r.get("restore_note")
+            if note:
+                self._out(f"  trial {_who(trial)}: {note}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._out(f"  trial {_who(trial)} failed, retrying from its last checkpoint: {error_text(trial)}")

@@ -1,7 +1,9 @@
 """The trainable: train_trial (one config, one seed) and the Trainable Ray runs, whose restore trusts no bad checkpoint.
 
-The trainable reports `results.epoch_result` after every epoch and `results.task_result` with a
-checkpoint after every task; on restore (a retried trial, `--resume`) it continues at the last
+The trainable reports `results.task_result` with a checkpoint after every task, carrying the
+task's `results.epoch_result`s (results.with_epochs: one blocking report a task, not one an epoch);
+EpochTrainable, for a scheduler that acts per epoch (ASHA over global_epoch), reports every epoch
+result as it comes. On restore (a retried trial, `--resume`) it continues at the last
 finished task. torch and the learner are imported inside train_trial: the driver, which only
 pickles the Trainable, never loads them.
 """
@@ -29,11 +31,12 @@ from .checkpoints import CHECKPOINT_FILE, newest_checkpoint_index, usable_checkp
 _RESTORE_NOTES: dict[str, str] = {}
 
 
-def train_trial(config: dict) -> None:
+def train_trial(config: dict, per_epoch: bool = False) -> None:
     """Ray Tune function trainable: one ExperimentConfig (config["config"]), one seed.
 
-    Reports results.epoch_result after every epoch and results.task_result with a checkpoint
-    (the learner's state_dict) after every task; resumes at the last finished task."""
+    Reports results.task_result with a checkpoint (the learner's state_dict) after every task,
+    with the task's results.epoch_result list in it (`per_epoch`: each epoch result reported when
+    it comes, for a scheduler acting per epoch); resumes at the last finished task."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -82,18 +85,34 @@ def train_trial(config: dict) -> None:
         r = results.epoch_result(rec, avg, val)
         if note[0]:
             r["restore_note"], note[0] = note[0], None
-        tune.report(r)
+        if per_epoch:
+            tune.report(r)
+        else:
+            epochs.append(r)  # sent with the task's result
+
+    epochs: list[dict] = []
 
     def on_task(rec, learner):
         last_avg[0] = rec.avg_acc
-        metrics = results.task_result(rec, learner)
+        metrics = results.with_epochs(results.task_result(rec, learner), epochs)
+        epochs.clear()
         if last_val is not None and "val_avg_acc" in metrics:
             last_val[0] = metrics["val_avg_acc"]
         with tempfile.TemporaryDirectory(prefix="gradmix-ckpt-") as d:
             torch.save(learner.state_dict(), os.path.join(d, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    run(cfg, Hooks(on_epoch=on_epoch, on_task=on_task), resume=state, bench=_cached_benchmark(cfg))
+    try:
+        run(cfg, Hooks(on_epoch=on_epoch, on_task=on_task), resume=state, bench=_cached_benchmark(cfg))
+    except BaseException:
+        if epochs:  # the epochs of the task cut short (a DivergedError): logged as they were per epoch
+            tune.report(results.with_epochs(None, list(epochs)))
+        raise
+
+
+def train_trial_per_epoch(config: dict) -> None:
+    """train_trial reporting every epoch result as it comes (ASHA over global_epoch)."""
+    train_trial(config, per_epoch=True)
 
 
 def _trial_resources() -> tuple[float, float]:
@@ -127,9 +146,9 @@ def trial_dirname(trial) -> str:
     return f"t{int(trial.config.get('index', 0)):04d}_{trial.trial_id}"
 
 
-class Trainable(wrap_function(train_trial)):
-    """train_trial as Ray runs it, with a restore that never trusts a missing or unreadable
-    checkpoint (checkpoints.usable_checkpoint) and never writes over an existing checkpoint folder."""
+class _SafeRestore:
+    """A restore that never trusts a missing or unreadable checkpoint
+    (checkpoints.usable_checkpoint) and never writes over an existing checkpoint folder."""
 
     def restore(self, checkpoint_path):
         if not ray_compat.is_training_result(checkpoint_path):
@@ -146,3 +165,17 @@ class Trainable(wrap_function(train_trial)):
         if chosen is None:  # Ray's restore skipped: train_trial gets no checkpoint and starts at task 0
             return None
         return super().restore(chosen)
+
+
+class Trainable(_SafeRestore, wrap_function(train_trial)):
+    """train_trial as Ray runs it (one report a task), with _SafeRestore's restore."""
+
+
+class EpochTrainable(_SafeRestore, wrap_function(train_trial_per_epoch)):
+    """train_trial reporting per epoch (a scheduler over global_epoch), with _SafeRestore's restore."""
+
+
+def trainable_for(study) -> type:
+    """EpochTrainable when the study's scheduler acts per epoch (time_attr global_epoch), else Trainable."""
+    sched = getattr(study, "scheduler", None) or {}
+    return EpochTrainable if sched.get("time_attr") == "global_epoch" else Trainable

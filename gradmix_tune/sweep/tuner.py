@@ -24,7 +24,7 @@ from .signals import rearm
 from .storage import raise_if_storage_full, recorded_final, remove_orphans, save_study_record
 from .study import Study, join
 from .summary import TrialOutcome
-from .trial import Trainable, trial_dirname
+from .trial import trainable_for, trial_dirname
 from .unsent import spill_dir
 
 
@@ -48,7 +48,9 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
         tracker.datasets = datasets(study)  # what preflight loaded: each run's mlflow.log_input
         callbacks = [Progress(study.num_trials, study.metric, study.mode, heartbeat_s=heartbeat_s),
                      JsonLoggerCallback(), tracker, *callbacks]
-        trainable = tune.with_resources(Trainable, {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+        # one report a task carrying its epochs; per epoch only for a scheduler over global_epoch
+        trainable = tune.with_resources(trainable_for(study),
+                                        {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
         if resume:
             tuner = tune.Tuner.restore(study.experiment_path, trainable, resume_unfinished=True,
                                        resume_errored=True)

@@ -28,9 +28,9 @@ from pathlib import Path
 import yaml
 
 from ..config import flatten
-from ..results import epoch_result, task_result
+from ..results import epoch_result, task_result, unpack
 from .runlog import RunLog
-from .store import NOTE, data_key, dataset_input, question_of
+from .store import NOTE, arms_view, data_key, dataset_input, question_of
 from .store import ALLOW_TEST_METRIC, DEFAULT_RUN_EXPERIMENT, PHASE_TAGS, ROLE, SESSION, method_of, \
     resolve_tracking_uri, short, source_tags, study_info
 from .writer import Writer
@@ -95,6 +95,7 @@ class StudyLogger:
     def writer(self) -> Writer:
         if self._w is None:
             w = self._w = Writer(self.uri, self.info["experiment"], spill_dir=getattr(self, "spill_dir", None))
+            w.experiment_tags.update([arms_view(self.info["metric"])])  # the UI's "grouped by arm" link
             w.hints.update({k: v for k, v in (self._saved.get("runs") or {}).items()})
             if self._saved.get("parent"):
                 w.hints["parent"] = self._saved["parent"]
@@ -184,7 +185,9 @@ class StudyLogger:
 
     @_guarded
     def trial_result(self, trial, result: dict) -> None:
-        self._run(trial, reopen=True).result(result)
+        rl = self._run(trial, reopen=True)
+        for r in unpack(result):  # a task's result carries its epochs' (results.with_epochs)
+            rl.result(r)
         # Ray waits for the driver's callbacks before a trial goes on, and one MLflow write costs
         # tens of ms (a sqlite transaction, an HTTP call): an epoch's metrics wait for the task's
         # result (or EPOCH_FLUSH_S), so a task costs one write, not one per epoch. A task's result
@@ -284,6 +287,31 @@ class StudyLogger:
 
     def on_experiment_end(self, trials, **info) -> None:
         self.experiment_end(trials)
+
+
+_WARM: list = []
+
+
+def prewarm() -> None:
+    """Import mlflow (and what the figures draw with) on a background thread, now: `gradmix-tune run`
+    calls it before loading its data, so the seconds of importing overlap data loading instead of
+    the first task's training or the end. Touches no tracking store (a run that fails to load its
+    data leaves nothing behind). Idempotent."""
+    if _WARM:
+        return
+
+    def work():
+        try:
+            import matplotlib.figure  # noqa: F401 - figures.py draws with it at the end
+            import matplotlib.ticker  # noqa: F401
+            from mlflow import MlflowClient  # noqa: F401
+            from mlflow.entities import Metric, RunTag  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - the RunLogger's thread imports (and reports) it again
+            log.debug("prewarm: %s", e)
+
+    t = threading.Thread(target=work, name="gradmix-mlflow-import", daemon=True)
+    _WARM.append(t)
+    t.start()
 
 
 class RunLogger:

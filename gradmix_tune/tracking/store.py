@@ -22,6 +22,7 @@ PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # a run's description in the UI
 # an experiment tag: without it MLflow 3's UI opens an experiment on the GenAI traces page
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+ARMS_VIEW = "arms"  # the UI's shared view of a study's runs: <ui>/#/experiments/<id>/runs?viewStateShareKey=arms
 # a study that selects hyperparameters (sweep/protocol.py): the trial config keys that become child
 # run tags. phase: tune | evaluate; an evaluation run's tune_rank (1 = best), tune_arm (the tuned
 # configuration's arm), tune_trial (its tuning trials' study indices) and tune_trial_id (their Ray ids)
@@ -104,6 +105,26 @@ def question_of(ablation_text: str, description: str = "") -> str:
         kept.append(t)
     text = re.sub(r"^Question:\s*", "", " ".join(kept))
     return text[:text.rfind("?") + 1] if "?" in text else text
+
+
+def arms_view(metric: str = "final_avg_acc") -> tuple[str, str]:
+    """The experiment tag behind MLflow 3's shared-view links (`?viewStateShareKey=arms`): a
+    study's trial runs grouped by their `arm` tag (mean over seeds in the chart view), sorted by the
+    study's metric, with the final metrics, method, seed and dataset as columns."""
+    cols = ["attributes.`Dataset`", f"metrics.`{metric}`", "metrics.`forgetting`", "metrics.`avg_incremental_acc`",
+            "tags.`method`", "tags.`seed`"]
+    state = {"searchFilter": f"tags.`{ROLE}` = 'trial'", "orderByKey": f"metrics.`{metric}`", "orderByAsc": False,
+             "selectedColumns": list(dict.fromkeys(cols)), "runsHiddenMode": "SHOW_ALL",
+             "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "arm"}]},
+             "useGroupedValuesInCharts": True, "hideEmptyCharts": True}
+    return f"mlflow.sharedViewState.{ARMS_VIEW}", json.dumps(state)
+
+
+def ui_links(base: str, experiment_id: str) -> dict[str, str]:
+    """The MLflow UI pages of a study: its runs grouped by arm, as a table and as charts."""
+    runs = (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={ARMS_VIEW}")
+    return {"table": runs, "charts": runs + "&compareRunsMode=CHART"}
 
 
 def data_key(data: dict) -> str:

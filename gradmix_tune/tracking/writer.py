@@ -42,6 +42,9 @@ class Writer:
         self.uri, self.experiment = uri, experiment
         self.spill_dir = spill_dir  # where close() keeps what it could not send (None: its temp folder)
         self.replaying = False  # sending a spilled file again: no run is reopened, no status set twice
+        # the experiment's tags: its kind, so the MLflow UI treats it as model training (a study's
+        # writer adds the arms view, store.arms_view)
+        self.experiment_tags: dict[str, str] = dict([EXPERIMENT_KIND])
         self.counts = {"runs_created": 0, "runs_found": 0, "metrics": 0, "metrics_there": 0, "artifacts": 0,
                        "datasets": 0, "ends": 0, "tags": 0}
         self.max_pending, self.max_attempts = max_pending, max_attempts
@@ -205,7 +208,7 @@ class Writer:
             if exp is None:
                 try:
                     exp_id = c.create_experiment(self.experiment, artifact_location=artifact_root(self.uri),
-                                                 tags=dict([EXPERIMENT_KIND]))
+                                                 tags=self.experiment_tags)
                 except Exception:  # noqa: BLE001 - created meanwhile by someone else
                     exp = c.get_experiment_by_name(self.experiment)
                     if exp is None:
@@ -215,8 +218,9 @@ class Writer:
                 if exp.lifecycle_stage == "deleted":
                     c.restore_experiment(exp.experiment_id)
                 exp_id = exp.experiment_id
-            if exp is not None and exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-                c.set_experiment_tag(exp_id, *EXPERIMENT_KIND)  # the UI opens on the training runs
+            for k, v in self.experiment_tags.items() if exp is not None else ():
+                if exp.tags.get(k) != v:  # e.g. an experiment an older version made
+                    c.set_experiment_tag(exp_id, k, v)
             self.experiment_id = exp_id
         return self.experiment_id
 

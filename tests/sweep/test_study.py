@@ -133,7 +133,8 @@ def test_repo_ablations_and_spaces_are_valid():
             "policy_baselines", "epochs"} <= names
     for f in files:
         text = f.read_text()
-        assert text.startswith("#") and "GPU" in text.split("\n\n")[0] and "CPU" in text.split("\n\n")[0], f
+        header = text.split("\nname:")[0]  # the question and what the study costs, before any key
+        assert text.startswith("#") and "?" in header and ("CPU" in header or "cores" in header), f
         study = load_study(f, data_root="/nonexistent-data-root")
         assert study.name == f.stem and study.num_trials >= 1
     assert any(load_study(f).search for f in files)  # the HPO example
@@ -157,10 +158,10 @@ def test_trial_table_lists_every_trial_seed_major(tmp_path):
     study = load_study(ROOT / "ablations" / "quickstart.yaml", storage=str(tmp_path / "rr"),
                        tracking_uri="sqlite:///m.db")
     lines = trial_table(study).splitlines()
-    assert lines[:5] == ["study quickstart: 18 trials (6 arms x 3 seeds)",
+    assert lines[:5] == ["study quickstart: 40 trials (8 arms x 5 seeds)",
                          f"  results  {tmp_path / 'rr' / 'quickstart'}",
                          "  tracking sqlite:///m.db (experiment 'quickstart')",
                          "  per trial 1 CPU, 0 GPU; metric final_avg_acc (max); scheduler fifo", ""]
     assert lines[6].split() == ["0", "method=er", "memory.size=100", "0"]
-    assert lines[-1].split() == ["17", "method=gradmix", "memory.size=200", "2"]
-    assert len(lines) == 6 + 18
+    assert lines[-1].split() == ["39", "method=random_composed", "memory.size=200", "4"]
+    assert len(lines) == 6 + 40
