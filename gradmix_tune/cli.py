@@ -17,10 +17,10 @@ COMMANDS = ("run", "sweep", "report", "ui", "tracking")
 def _table(result) -> str:
     a = result.accuracy_matrix
     t = len(a)
-    lines = ["accuracy matrix (row: after task i, column: test on task j)",
-             "        " + " ".join(f"  T{j:<4}" for j in range(t))]
+    lines = ["accuracy matrix (row: after task i, column: test on task j; tasks counted from 1)",
+             "        " + " ".join(f"  T{j + 1:<4}" for j in range(t))]
     for i, row in enumerate(a):
-        lines.append(f"  T{i:<4} " + " ".join(f"{v:6.3f} " for v in row))
+        lines.append(f"  T{i + 1:<4} " + " ".join(f"{v:6.3f} " for v in row))
     lines += ["",
               f"  final average accuracy   {result.final_avg_acc:.4f}",
               f"  average incremental acc  {result.avg_incremental_acc:.4f}",
@@ -220,6 +220,7 @@ def _print_study_links(uri: str, url: str, most: int = 5) -> None:
 def cmd_ui(args: argparse.Namespace) -> int:
     """`mlflow ui` on the tracking store, bound to 127.0.0.1 unless --host says otherwise."""
     import os
+    import signal
     import subprocess
 
     from .tracking import resolve_tracking_uri
@@ -236,11 +237,32 @@ def cmd_ui(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host}:{args.port}"
     print(f"starting the MLflow UI for {uri} ...", flush=True)
-    proc = subprocess.Popen(cmd, env=os.environ.copy())
+    # its own process group: `mlflow ui` runs uvicorn and its workers as children, which a signal
+    # to it alone leaves serving; stopping the group stops them all
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), start_new_session=True)
+
+    def end_server() -> None:
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait_s)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop(signum, frame):  # SIGTERM (a service manager, `kill`): stop the server too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        pass
     try:
         if not _wait_until_answering(f"{url}/health", proc):
             code = proc.poll()
-            proc.terminate()
+            end_server()
             print(f"error: the MLflow UI did not start on {url} (exit {code}). Fix: pick a free --port",
                   file=sys.stderr)
             return 1
@@ -248,8 +270,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         _print_study_links(uri, url)
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+        end_server()
         return 0
 
 

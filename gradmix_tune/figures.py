@@ -65,8 +65,8 @@ def draw_accuracy_matrix(acc: list[list[float]], path: str | Path, title: str = 
             if np.isfinite(m[i, j]):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if m[i, j] < 0.6 else "black")
-    ax.set_xticks(range(t), [f"T{j}" for j in range(t)])
-    ax.set_yticks(range(t), [f"T{i}" for i in range(t)])
+    ax.set_xticks(range(t), [f"T{j + 1}" for j in range(t)])  # tasks counted from 1, as the console does
+    ax.set_yticks(range(t), [f"T{i + 1}" for i in range(t)])
     ax.set_xlabel("tested on task j")
     ax.set_ylabel("after training task i")
     ax.set_title(title, fontsize=9)

@@ -336,12 +336,18 @@ def sweep_cli_args(tmp_path: Path) -> list[str]:
 
 
 def rows(trial_dir: Path) -> list[dict]:
-    """The result rows of a trial folder's result.json, a task's epochs unpacked (results.unpack)."""
+    """The result rows of a trial folder's result.json, a task's epochs unpacked (results.unpack),
+    each with the pid, host and trial id Ray recorded on the row that carried it."""
     from gradmix_tune.results import unpack
 
     f = trial_dir / "result.json"
-    return [x for line in f.read_text().splitlines() if line.strip() for x in unpack(json.loads(line))] \
-        if f.exists() else []
+    out = []
+    for line in f.read_text().splitlines() if f.exists() else []:
+        if line.strip():
+            row = json.loads(line)
+            ray = {k: row[k] for k in ("pid", "hostname", "node_ip", "trial_id") if k in row}
+            out += [{**ray, **x} for x in unpack(row)]
+    return out
 
 
 def trial_dirs(exp: Path) -> dict[str, Path]:

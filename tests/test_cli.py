@@ -48,3 +48,30 @@ def test_every_help_shows_defaults():
 def test_help_runs_as_a_program():
     out = subprocess.run([sys.executable, "-m", "gradmix_tune", "ui", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--port" in out.stdout and "--host" in out.stdout
+
+
+def test_tracking_replay_mistakes_get_their_fix(capsys, tmp_path):
+    assert main(["trackin"]) == 2
+    assert "did you mean 'tracking'?" in capsys.readouterr().err
+    assert main(["tracking"]) == 2  # no action: the help, which names `replay`
+    assert "replay" in capsys.readouterr().out
+    assert main(["tracking", "replay", str(tmp_path / "nope.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err and "mlflow-unsent" in err
+    (tmp_path / "unsent.jsonl").write_text("not json\n")
+    assert main(["tracking", "replay", str(tmp_path / "unsent.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an unsent.jsonl file" in err
+    assert main(["tracking", "replay", str(tmp_path / "empty_dir_is_not_here")]) == 2
+    (tmp_path / "d").mkdir()
+    assert main(["tracking", "replay", str(tmp_path / "d")]) == 2
+    assert "no unsent.jsonl here" in capsys.readouterr().err
+
+
+def test_a_dry_run_of_a_study_without_its_data_says_where_it_looked(capsys, tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nbase: {data: {name: cifar10, download: false}}\ngrid: {method: [er, gradmix]}\n")
+    assert main([str(study), "--data-root", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(study) in err and "key 'data.root'" in err
+    assert str(tmp_path / "cifar-10-batches-py") in err and "--data-root PATH" in err

@@ -68,7 +68,7 @@ def test_run_prints_progress_and_the_metrics_table(digits_runs):
     assert f"backward transfer (BWT)  {result['bwt']:.4f}" in out
     assert "wall time" in out and "wrote out/er.json" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("  T")]  # header: 8 spaces
-    assert [r[0] for r in rows] == ["T0", "T1", "T2", "T3", "T4"]
+    assert [r[0] for r in rows] == ["T1", "T2", "T3", "T4", "T5"], "tasks counted from 1, as the progress lines"
     assert [[float(v) for v in r[1:]] for r in rows] == [[round(v, 3) for v in row]
                                                          for row in result["accuracy_matrix"]]
 

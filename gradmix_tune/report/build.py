@@ -21,7 +21,7 @@ from .analysis import analyse
 from .charts import figures_of, slug
 from .document import Context, write
 from .runs import load_study
-from .reproduce import per_seed_entries
+from .reproduce import per_seed_entries, study_span_s
 from . import tuning  # noqa: F401 - registers its section (document.OPTIONAL_SECTIONS) before `write`
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def summary_of(res: dict, sr) -> dict:
     (`reproduce`: the command line that re-makes that trial alone, report/reproduce.py)."""
     by_id = {tr.run_id: tr for tr in sr.runs}
     arms = [{**a, "per_seed": per_seed_entries(a, by_id, res["test_metric"])} for a in res["arms"]]
-    return {**res, "arms": arms}
+    return {**res, "arms": arms, "study_wall_time_s": study_span_s(sr)}
 
 
 def build_report(study: str, tracking_uri: str | None = None, out_dir: str | Path = "reports",

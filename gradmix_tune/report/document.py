@@ -18,6 +18,7 @@ from ..results import LABELS
 from ..values import is_finite
 from .charts import metric_order
 from .findings import num, pval
+from .reproduce import study_span_s
 from .runs import LOCAL_UI, run_url
 
 
@@ -327,6 +328,10 @@ def curves_section(d: Doc, ctx: Context) -> None:
 def wall_time_section(d: Doc, ctx: Context) -> None:
     r = ctx.res
     d.h(2, "Wall time")
+    span = study_span_s(ctx.runs)
+    if span is not None:
+        d.p(f"The study's {r['n_runs']} trials ran in {span / 60:.1f} min of wall time, from the first trial's start "
+            "to the last one's end (Ray's start and this report's build not included).")
     has = any(is_finite(a["overhead_vs_er_mixup"]) for a in r["arms"])
     d.p("Training time per trial (seconds, mean ± std)" + (
         "; overhead = mean time of the arm / mean time of ER+Mixup (er_mixup) at the same other factor values."

@@ -80,3 +80,14 @@ def per_seed_entries(arm: dict, runs_by_id: dict, metric: str) -> list[dict]:
         out.append({"seed": s, metric: v, "run_id": rid,
                     "reproduce": reproduce_command(tr.params if tr is not None else {}, s)})
     return out
+
+
+def study_span_s(sr) -> float | None:
+    """Wall time of the study's trials: from the first trial's start to the last one's end (its
+    start + its wall_time_s), in seconds; None without timed runs. Ray's start and the report's
+    build come on top."""
+    ends = [(tr.start_time, tr.start_time + 1000.0 * tr.metrics["wall_time_s"])
+            for tr in getattr(sr, "runs", None) or [] if tr.start_time and tr.metrics.get("wall_time_s") is not None]
+    if not ends:
+        return None
+    return (max(e for _, e in ends) - min(s for s, _ in ends)) / 1000.0

@@ -6,6 +6,9 @@
     protocol.py     what a study that selects must do: val_ metrics, the split, search.tasks, evaluate:
     evaluation.py   phase 2 as data: the chosen configuration's trials and Study, the choice file
     phases.py       fit_phases: tuning, the choice, evaluation (ray imported when it runs)
+    preflight.py    what `run` checks before training, for every arm's data, before Ray (torch lazily)
+    signals.py      SIGTERM stops a study as Ctrl-C does (exit 143, runs KILLED, resumable)
+    unsent.py       MLflow entries the store did not take: kept in the results folder, sent on --resume
     runner.py       run_study: checks, the Ray run (or both phases), summary, report
     --- importing ray:
     tuner.py        one Ray Tune run of a study: new or restored Tuner, fit, outcomes

@@ -198,7 +198,6 @@ def forget_lost_trials(search_alg, unfinished: set[str] | None) -> None:
     while unfinished is not None and s is not None:
         if isinstance(s, ConcurrencyLimiter):
             lost = set(s.live_trials) - unfinished
-            open("/tmp/forget.log", "a").write(f"DEBUGTMP live={s.live_trials} unfinished={unfinished} lost={lost} max={s.max_concurrent}\n")
             s.live_trials = set(s.live_trials) - lost
             s.num_unfinished_live_trials = max(0, s.num_unfinished_live_trials - len(lost))
         s = getattr(s, "searcher", None)

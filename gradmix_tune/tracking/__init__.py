@@ -1,8 +1,10 @@
 """MLflow writing: store conventions, the durable writer, and the run and study loggers (no Ray).
 
-    store.py    tracking URI, artifact root, tag names, HTTP limits, method_of, error kinds
+    store.py    tracking URI, artifact root, tag names, HTTP limits, method_of, error kinds, the
+                question, datasets (log_input) and the UI's arms view
     writer.py   Writer: the ordered, retried queue of MLflow operations (unsent.jsonl fallback)
-    runlog.py   RunLog: one run's result dicts -> metrics and figures
+    replay.py   replay: send an unsent.jsonl to a store, idempotently (`gradmix-tune tracking replay`)
+    runlog.py   RunLog: one run's result dicts -> metrics (epoch/, task/, final) and figures
     loggers.py  StudyLogger (a sweep: parent and child runs; Ray Tune's callback hooks without
                 Ray) and RunLogger (one `gradmix-tune run`, on a background thread)
 

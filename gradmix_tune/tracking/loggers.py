@@ -362,10 +362,11 @@ class RunLogger:
             except Exception as e:  # noqa: BLE001 - tracking never stops training
                 log.warning("MLflow tracking failed (training goes on): %s", short(e))
 
-    def _log(self, result: dict) -> None:
+    def _log(self, result: dict, flush: bool = True) -> None:
         def send():
             self.rl.result(result)
-            self.w.flush()
+            if flush:  # an epoch's metrics wait for the task's: one log_batch a task
+                self.w.flush()
 
         self._q.put(send)
 
@@ -375,7 +376,7 @@ class RunLogger:
 
     @_guarded
     def on_epoch(self, rec) -> None:
-        self._log(epoch_result(rec, self._last_avg))
+        self._log(epoch_result(rec, self._last_avg), flush=False)
 
     @_guarded
     def on_task(self, rec, learner) -> None:

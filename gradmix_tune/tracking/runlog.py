@@ -6,7 +6,7 @@
              kind=task:  task/<name>: task/avg_acc, task/acc_task_<j> (accuracy on task j, 1-based),
                          task/task_time_s and the task's diagnostics       step = tasks done (1, 2, ...)
              last task:  results.FINAL_METRICS and their val_ twins (final_avg_acc, forgetting, ...),
-                         unprefixed, once
+                         unprefixed, once                                    step = 0
     artifacts accuracy_matrix.json/.png, s_matrix.png, curve.png, error.txt
 
 One x axis per prefix, so the MLflow UI's chart view shows one section per axis (epoch/, task/) and
@@ -95,7 +95,9 @@ class RunLog:
                            and is_finite(v)]
             if r.get("final") and not self.final:
                 self.final = True
-                metrics += [[k, r[k], ts, step, "final"] for k in FINAL if is_finite(r.get(k))]
+                # step 0: one value a run, which the MLflow UI charts as bars (one per run, or per arm
+                # when grouped) rather than as a line of one point
+                metrics += [[k, r[k], ts, 0, "final"] for k in FINAL if is_finite(r.get(k))]
         if metrics:
             self.w.put("log", self.key, {"metrics": metrics})
 

@@ -19,6 +19,7 @@ import pytest
 
 from gradmix_tune.cli import main
 from gradmix_tune.sweep import load_study, run_study
+from gradmix_tune.results import unpack
 from helpers import reference, rows, sweep_cli_args, trial_dirs, write_ablation
 
 pytestmark = pytest.mark.integration
@@ -169,7 +170,7 @@ def test_killed_study_resumes_without_rerunning(tmp_path, ray_address):
         if n in finished:  # finished before the kill: not run again
             assert (d / "result.json").read_bytes() == before[n]
         if n in partial:  # interrupted: continued at its last checkpointed task, not from task 0
-            old = before[n].decode().count("\n")
+            old = sum(len(unpack(json.loads(ln))) for ln in before[n].decode().splitlines() if ln.strip())
             assert r[old]["task"] == partial[n] and r[old]["kind"] == "epoch", (partial[n], r[old])
             assert [x["tasks_done"] for x in r[old:] if x["kind"] == "task"] == list(range(partial[n] + 1, 6))
         cfg = json.loads((d / "params.json").read_text())

@@ -96,6 +96,9 @@ def test_sigterm_stops_the_study_and_resume_finishes_it_in_the_same_runs(tmp_pat
     # what README "Comparing runs in the MLflow UI" relies on
     e = c.get_experiment_by_name("stopme")
     assert e.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens on the training runs"
+    view = json.loads(e.tags["mlflow.sharedViewState.arms"])  # ?viewStateShareKey=arms
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "arm"}]
+    assert "metrics.`final_avg_acc`" in view["selectedColumns"] and "gradmix.role" in view["searchFilter"]
     for r in kids:
         t = r.data.tags
         assert {"arm", "method", "seed", "study"} <= set(t) and t["method"] in ("er", "gradmix")
@@ -143,3 +146,24 @@ def test_an_outage_that_outlasts_the_study_is_kept_and_resume_sends_it(tmp_path,
     again = capsys.readouterr().out
     assert "0 runs created, 3 found again, 0 metric values, 0 artifacts, 0 datasets, 0 run ends" in again, again
     assert len(runs(uri, "kept")) == 3
+
+
+def test_a_trials_config_error_reaches_its_line_and_run_with_its_message(tmp_path, ray_address, capsys):
+    """Without the driver's check (preflight=False), a trial meets the missing dataset on its
+    worker: the ConfigError crosses Ray's process boundary whole, so the progress line, the
+    summary and the MLflow run say why (not `TypeError: __init__() missing 2 arguments`)."""
+    path = write_ablation(tmp_path, "nodata", """\
+        name: nodata
+        base: {data: {name: mnist, download: false, tasks: 2}}
+        grid: {method: [er]}
+        seeds: [0]
+        """, base="")
+    uri = f"sqlite:///{tmp_path}/m.db"
+    study = load_study(path, data_root=str(tmp_path / "empty"), storage=str(tmp_path / "rr"), tracking_uri=uri)
+    out = run_study(study, reports_dir=str(tmp_path / "reports"), preflight=False)
+    printed = capsys.readouterr().out
+    assert out.exit_code == 1 and [t.status for t in out.trials] == ["failed"]
+    assert "ConfigError" in out.trials[0].error and "mnist not found under" in out.trials[0].error
+    assert "TypeError" not in printed and "FAILED: " in printed and "mnist not found under" in printed
+    (run,) = [r for r in runs(uri, "nodata") if r.data.tags.get(ROLE) == "trial"]
+    assert run.info.status == "FAILED" and "mnist not found under" in run.data.tags["error"]

@@ -78,7 +78,7 @@ def test_final_metrics_are_logged_once_at_the_last_task(rl):
     rl.result(task(1, 2, final=True))
     rl.result(task(1, 2, final=True))  # reported again after a resume
     final = [(n, s) for n, _, s, g in logged(rl) if g == "final"]
-    assert sorted(final) == sorted((k, 2) for k in FINAL_METRICS), "final metrics keep their plain names"
+    assert sorted(final) == sorted((k, 0) for k in FINAL_METRICS), "plain names, step 0: bars in the UI's charts"
     assert not {n.removeprefix("task/") for n, _, _, g in logged(rl) if g == "task"} & set(FINAL_METRICS)
     assert [s for n, _, s, g in logged(rl) if n == "task/avg_acc"] == [1, 2]
     assert [(n, s) for n, _, s, _ in logged(rl) if "acc_task" in n] == \
@@ -91,7 +91,7 @@ def test_validation_twins_keep_their_families(rl):
                    val_final_avg_acc=0.5, val_forgetting=0.2))
     got = {(n, s, g) for n, _, s, g in logged(rl)}
     assert {("task/val_avg_acc", 2, "task"), ("task/val_acc_task_2", 2, "task"),
-            ("val_final_avg_acc", 2, "final"), ("val_forgetting", 2, "final")} <= got
+            ("val_final_avg_acc", 0, "final"), ("val_forgetting", 0, "final")} <= got
 
 
 def test_figures_are_queued_as_png_artifacts(rl):
@@ -112,3 +112,34 @@ def test_end_with_an_error_keeps_the_traceback_and_its_last_line(rl):
     assert [op[0] for op in ops] == ["artifact", "log", "end"] and rl.ended == "FAILED"
     assert Path(ops[0][2]["file"]).name == "error.txt"
     assert ops[1][2]["tags"]["error"] == "RuntimeError: boom" and ops[2][2] == {"status": "FAILED"}
+
+
+def test_a_task_result_carrying_its_epochs_logs_what_per_epoch_reports_log():
+    """A sweep's trial sends a task's epoch results inside the task's result (results.with_epochs,
+    one Ray report a task): unpacked, they give the same metrics at the same steps, in the same order."""
+    from gradmix_tune.results import unpack, with_epochs
+
+    ws = [Writer("http://127.0.0.1:1", "never-sent") for _ in range(2)]
+    try:
+        per_epoch, batched = RunLog(ws[0], "run"), RunLog(ws[1], "run")
+        for t in range(2):
+            eps = [epoch(t, e, 2 * t + e + 1, 0.5 + 0.1 * e, frac_mixed=0.2 * e, nan_one=float("nan"))
+                   for e in range(2)]
+            for e in eps:
+                per_epoch.result(e)
+            per_epoch.result(task(t, 2, final=t == 1))
+            # what Ray stores and hands back: JSON (NaN included)
+            sent = json.loads(json.dumps(with_epochs(task(t, 2, final=t == 1), [dict(e) for e in eps])))
+            assert [r["kind"] for r in unpack(sent)] == ["epoch", "epoch", "task"]
+            for r in unpack(sent):
+                batched.result(r)
+        strip = [(n, v, s, g) for n, v, s, g in logged(per_epoch)]
+        assert [(n, v, s, g) for n, v, s, g in logged(batched)] == strip
+        assert batched.curve == per_epoch.curve
+        # the epochs of a task cut short (an error) come as kind "epochs": logged, no task result
+        cut = with_epochs(None, [epoch(2, 0, 5, 0.4)])
+        assert cut["kind"] == "epochs" and cut["avg_acc"] == 0.5
+        assert [r["kind"] for r in unpack(cut)] == ["epoch"]
+    finally:
+        for w in ws:
+            shutil.rmtree(w.tmpdir, ignore_errors=True)
