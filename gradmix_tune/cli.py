@@ -17,7 +17,7 @@ COMMANDS = ("run", "sweep", "report", "ui", "tracking")
 def _table(result) -> str:
     a = result.accuracy_matrix
     t = len(a)
-    lines = ["accuracy matrix (row: after task i, column: test on task j; tasks counted from 1)",
+    lines = ["accuracy matrix (row: after task i, column: test on task j)",
              "        " + " ".join(f"  T{j + 1:<4}" for j in range(t))]
     for i, row in enumerate(a):
         lines.append(f"  T{i + 1:<4} " + " ".join(f"{v:6.3f} " for v in row))
@@ -107,10 +107,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         v = getattr(args, flag)
         if v is not None and v < (1 if flag == "max_concurrent" else 0):
             raise ConfigError(f"--{flag.replace('_', '-')}", None, f"got {v}", "a positive number")
-    from .sweep.preflight import check_study
+    if args.dry_run:  # what `run` checks before training, for every arm's data (run_study does it too)
+        from .sweep.preflight import check_study
 
-    check_study(study)  # what `run` checks before training, for every arm's data: exit 2 before Ray
-    if args.dry_run:
+        check_study(study)
         print(trial_table(study))
         return 0
     from .sweep.runner import run_study
@@ -118,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     outcome = run_study(study, resume=args.resume, overwrite=args.overwrite, max_concurrent=args.max_concurrent,
                         num_cpus=args.num_cpus, num_gpus=args.num_gpus, address=args.address,
                         storage_given=args.storage is not None, dashboard=args.dashboard,
-                        reports_dir=args.reports, preflight=False)
+                        reports_dir=args.reports)
     return outcome.exit_code
 
 

@@ -147,4 +147,5 @@ def test_missing_dataset_exits_2_with_one_line_saying_where_to_put_the_files(tmp
     # without GRADMIX_DATA_ROOT the data root is ./data: empty here. A user mistake, not a crash:
     # one line on stderr (no log chatter, no traceback), exit code 2.
     proc = gradmix("run", *MNIST_SETS, cwd=tmp_path)
-    _assert_bad_input(proc, "mnist not found under data/MNIST/raw", "put the four idx files there", "GRADMIX_DATA_ROOT")
+    _assert_bad_input(proc, "mnist not found under", str(tmp_path / "data" / "MNIST" / "raw"),
+                      "put the four idx files there", "--data-root PATH", "GRADMIX_DATA_ROOT")

@@ -1,6 +1,6 @@
 """The published studies (reports/<study>/summary.json, README "Results") re-make their numbers.
 
-For each committed summary.json, the first arm's first per-seed entry is re-run from its
+For each committed summary.json, the first per-seed entry with a number is re-run from its
 `reproduce` command (a `gradmix-tune run` line, data from $GRADMIX_DATA_ROOT) and must print the
 same final_avg_acc, exactly: same config, seed and CPU thread count -> the same floats on CPU.
 Needs real MNIST: $GRADMIX_DATA_ROOT, else ../shared/data next to the repository; skipped without it.
@@ -35,8 +35,8 @@ def _published() -> list:
     out = []
     for path in SUMMARIES:
         s = json.loads(path.read_text())
-        entries = [e for a in s.get("arms", []) for e in a.get("per_seed", [])
-                   if isinstance(e, dict) and e.get("reproduce")]
+        entries = [e for a in s.get("arms", []) for e in a.get("per_seed", [])  # the first with a number
+                   if isinstance(e, dict) and e.get("reproduce") and e.get(s["test_metric"]) is not None]
         if entries:
             out.append(pytest.param(s["test_metric"], entries[0], id=path.parent.name))
     return out

@@ -52,7 +52,7 @@ _TOKEN_FIX = ("copy the cluster's token (`ray get-auth-token` on the head node) 
               "machine, or set RAY_AUTH_TOKEN to it")
 
 
-def check_join(address: str, timeout_s: float = 15.0) -> None:
+def check_join(address: str, timeout_s: float = 60.0) -> None:
     """Before ray.init(address=HOST:PORT): something listens there, and it takes this machine's
     token. A cluster that `ray start --head` launched where a token exists requires one, and
     ray.init looks for it only with address "auto"; so, like `auto`, use the token when one is
@@ -90,9 +90,10 @@ def check_join(address: str, timeout_s: float = 15.0) -> None:
                       f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
                       if os.environ.get("RAY_AUTH_TOKEN_PATH") else "~/.ray/auth_token")
             problem = f"the Ray cluster at {address} refused this machine's token (from {source})"
-            fix = "use the cluster's own token: " + _TOKEN_FIX
+            fix = ("replace it with the cluster's token (`ray get-auth-token` on the head node prints it), in "
+                   "~/.ray/auth_token here or in RAY_AUTH_TOKEN")
         raise ConfigError("--address", None, problem, fix)
-    detail = f" ({why})" if why else f" within {timeout_s:g} s"
+    detail = f" ({why.rstrip('.')})" if why else f" within {timeout_s:g} s"
     raise ConfigError("--address", None, f"{address} accepts connections but does not answer as a Ray cluster{detail}",
                       "point --address / RAY_ADDRESS at the head node's GCS port (6379 unless `ray start --head "
                       "--port` chose another)")

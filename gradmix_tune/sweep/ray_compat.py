@@ -122,17 +122,19 @@ else:
 """
 
 
-def probe_gcs(address: str, timeout_s: float = 15.0) -> tuple[str, str]:
+def probe_gcs(address: str, timeout_s: float = 60.0, rpc_timeout_ms: int = 5000) -> tuple[str, str]:
     """Ask the GCS at host:port for its cluster id once, with this process's environment (auth
     mode, token), in a child process: ("ok", ""), ("auth", why) when it refuses the token (or
-    its absence), ("error", why) otherwise, ("timeout", "") when no answer comes in timeout_s.
-    A child, because Ray's GCS client logs to the process's stderr, aborts the process when
-    token mode is on without a token, and retries a silent port for ~15 s."""
+    its absence), ("error", why) otherwise (a port that does not answer as a GCS: after about
+    3 x rpc_timeout_ms), ("timeout", "") when the child has not answered in timeout_s (which
+    includes its import of Ray: seconds on a loaded machine). A child, because Ray's GCS client
+    logs to the process's stderr, aborts the process when token mode is on without a token, and
+    retries a silent port for a while."""
     import subprocess
     import sys
 
     try:
-        res = subprocess.run([sys.executable, "-c", _PROBE, address, str(int(timeout_s * 1000))],
+        res = subprocess.run([sys.executable, "-c", _PROBE, address, str(int(rpc_timeout_ms))],
                              capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return "timeout", ""

@@ -36,9 +36,12 @@ def run_study(study: Study, *, resume: bool = False, overwrite: bool = False, ma
     """Run (or resume) the study on Ray; print progress and the per-arm summary. `callbacks`:
     more Ray Tune callbacks for the driver (e.g. benchmarks/sweep_throughput.py's trial clock).
     `preflight=False`: the caller already ran preflight.check_study (the data, each arm's learner)."""
+    if not overwrite:  # the cheap checks first (no torch for a study whose results are in the way)
+        check_storage(study, resume, overwrite)
     if preflight:
         check_study(study)  # before Ray starts: a missing dataset is one exit-2 line, not N failed trials
-    check_storage(study, resume, overwrite)  # before Ray starts
+    if overwrite:  # it deletes the earlier results: only once everything else is known good
+        check_storage(study, resume, overwrite)
     if resume:
         replay_waiting(study)  # what an earlier session could not send to MLflow goes first
     saved_env = {k: os.environ.get(k) for k in RAY_ENV}

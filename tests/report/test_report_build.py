@@ -37,7 +37,7 @@ def rep(tracked_study, tmp_path_factory):
 
 def independent(uri: str) -> dict:
     """Per arm and seed: the final metrics, from each child's metric history (latest FINISHED run
-    of an (arm, seed)); failed runs; seen_acc and acc_task histories."""
+    of an (arm, seed)); failed runs; epoch/seen_acc and task/acc_task_<j> histories."""
     from mlflow import MlflowClient
 
     c = MlflowClient(uri)
@@ -57,9 +57,10 @@ def independent(uri: str) -> dict:
         v = out["values"].setdefault(arm, {})
         for m in METRICS + ("wall_time_s",):
             v.setdefault(m, {})[seed] = c.get_metric_history(rid, m)[-1].value
-        out["curves"].setdefault(arm, {})[seed] = {m.step: m.value for m in c.get_metric_history(rid, "seen_acc")}
-        a0 = {m.step: m.value for m in c.get_metric_history(rid, "acc_task_0")}
-        a1 = {m.step: m.value for m in c.get_metric_history(rid, "acc_task_1")}
+        curve = c.get_metric_history(rid, "epoch/seen_acc")
+        out["curves"].setdefault(arm, {})[seed] = {m.step: m.value for m in curve}
+        a0 = {m.step: m.value for m in c.get_metric_history(rid, "task/acc_task_1")}  # tracking: tasks from 1
+        a1 = {m.step: m.value for m in c.get_metric_history(rid, "task/acc_task_2")}
         out["matrices"].setdefault(arm, {})[seed] = [[a0[1]], [a0[2], a1[2]]]
     return out
 
