@@ -115,8 +115,8 @@ def test_the_question_of_every_ablation_file():
         q = question_of(path.read_text())
         assert q.endswith("?") and len(q) > 30 and not q.startswith("Question:"), path.name
     assert question_of((ABLATIONS / "quickstart.yaml").read_text()) == (
-        "a first look, offline: does GradMix's selective mixup beat plain replay (ER) and ER+Mixup, and does the "
-        "answer change with the buffer size?")
+        "a first look, offline: does GradMix's selective mixup beat plain replay (ER) and ER+Mixup, and is what "
+        "it adds the gradient criterion or the rebalancing toward old-class partners that comes with it?")
     epochs = question_of((ABLATIONS / "epochs.yaml").read_text())
     assert epochs.startswith("Questions (") and "3. Does the decay grow" in epochs and "Each run logs" not in epochs
     assert question_of("name: x\ndescription: d\n", "d") == "d" and question_of("") == ""
