@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", help="run an ablation study with Ray Tune", formatter_class=_Help,
         description="Run an ablation study (ablations/*.yaml) with Ray Tune: every arm x seed (or the "
                     "search's samples) as a trial, live progress, a per-arm summary, then the report. "
-                    "Exit code 0: all trials ok; 1: some failed (the others still finish); 2: bad input; "
+                    "Exit code 0: all trials ok; 1: some failed (the others still finish), or MLflow did not take "
+                    "everything (kept in the results folder: `gradmix-tune tracking replay`); 2: bad input; "
                     "130/143: stopped by Ctrl-C/SIGTERM (continue with --resume).")
     s.add_argument("ablation", help="ablation YAML file")
     s.add_argument("--dry-run", action="store_true", help="check everything, print the trial table, exit (no Ray)")
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-gpus", type=int, metavar="N", help="GPUs for the local Ray (None: all)")
     s.add_argument("--resume", action="store_true",
                    help="continue the interrupted study in --storage: finished trials are kept, unfinished "
-                        "and failed ones continue from their last checkpoint")
+                        "and failed ones continue from their last checkpoint; MLflow entries kept unsent are sent first")
     s.add_argument("--overwrite", action="store_true", help="discard earlier results of this study and start over")
     s.add_argument("--address", help="join an existing Ray cluster (None: $RAY_ADDRESS, else a local Ray)")
     s.add_argument("--storage", metavar="PATH_OR_URI",

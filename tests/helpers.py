@@ -231,7 +231,7 @@ def shared_study(tmp_path_factory) -> Built:
     b.specs = specs = make_specs(marker)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         b.server.wait()
         callbacks = tune_loggers(study_obj(), b.sqlite_uri) + tune_loggers(study_obj(), b.server.uri) + [Recorder()]

@@ -388,7 +388,7 @@ class RayCluster:
                     os.killpg(proc.pid, signal.SIGTERM)
                 except OSError:
                     pass
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + 4
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
