@@ -324,7 +324,7 @@ def test_killed_in_the_checkpoint_race_resumes(tmp_path, ray_address):
         assert finals(r)[0]["checkpoint_dir_name"] in kept and len(kept) <= 2, (n, kept)
         run = children[n.split("_", 1)[1]]
         assert run.info.status == "FINISHED" and "final_avg_acc" in run.data.metrics
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "acc_task_0")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "task/acc_task_1")]
         assert sorted(steps) == [1, 2, 3, 4, 5], (n, steps)  # every task logged once, none lost
 
 
