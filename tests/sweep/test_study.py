@@ -139,8 +139,8 @@ def test_repo_ablations_and_spaces_are_valid():
         assert study.name == f.stem and study.num_trials >= 1
     assert any(load_study(f).search for f in files)  # the HPO example
     quick = load_study(ROOT / "ablations" / "quickstart.yaml")
-    assert quick.num_trials == 18 and quick.base["data"]["name"] == "digits"
-    assert {t["factors"]["method"] for t in quick.trials} == {"er", "er_mixup", "gradmix"}
+    assert quick.num_trials == 40 and quick.base["data"]["name"] == "digits"
+    assert {t["factors"]["method"] for t in quick.trials} == {"er", "er_mixup", "gradmix", "random_composed"}
     with pytest.raises(ConfigError):
         load_study(ROOT / "ablations" / "quickstart.yaml", overrides=["memory.size=5"])
 
