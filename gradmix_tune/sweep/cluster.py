@@ -73,6 +73,17 @@ def check_join(address: str, timeout_s: float = 60.0) -> None:
     if mode is not None and mode.lower() == "token" and not has_token:
         raise ConfigError("--address", None, f"RAY_AUTH_MODE=token but no Ray token was found to join {address}",
                           _TOKEN_FIX)
+    if mode is None and has_token:
+        # a cluster started without token auth (e.g. ray.cluster_utils) must be joined without one:
+        # a driver in token mode refuses its nodes' calls. Try tokenless first; use the token only
+        # when the cluster asks for it.
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        try:
+            status, why = ray_compat.probe_gcs(address, timeout_s)
+        finally:
+            del os.environ["RAY_AUTH_MODE"]
+        if status == "ok":
+            return
     ray_compat.enable_token_auth_if_available()
     status, why = ray_compat.probe_gcs(address, timeout_s)
     if status == "ok":
