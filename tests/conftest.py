@@ -12,6 +12,8 @@ def ray_address():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import ray
 
+    if ray.is_initialized():  # a Ray left by an earlier module's helper: start this module's own
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         yield ray.get_runtime_context().gcs_address
