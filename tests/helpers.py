@@ -222,6 +222,8 @@ def shared_study(tmp_path_factory) -> Built:
     import ray
     from ray import tune
 
+    # set for this build only: later tests in the process (test_ray_compat) read Ray's result.json
+    saved_env = {k: os.environ.get(k) for k in ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "OMP_NUM_THREADS")}
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     b = Built(tmp_path_factory.mktemp("tracked"))
@@ -260,6 +262,11 @@ def shared_study(tmp_path_factory) -> Built:
     finally:
         if started:
             ray.shutdown()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return b
 
 

@@ -33,7 +33,8 @@ def test_trainable_restore_still_takes_a_checkpoint_path_argument():
     """trial.Trainable overrides Trainable.restore(checkpoint_path) and calls it with a _TrainingResult."""
     import inspect
 
-    params = list(inspect.signature(tune.Trainable.restore).parameters)
+    # Ray's tracing hook adds _ray_trace_ctx to methods of classes it has made actors of
+    params = [p for p in inspect.signature(tune.Trainable.restore).parameters if not p.startswith("_ray_")]
     assert params == ["self", "checkpoint_path"], params
 
 
@@ -72,7 +73,7 @@ class _Ended(tune.Callback):
 
 
 @pytest.mark.integration
-def test_a_tiny_tuner_crash_restore_and_resume_use_them_as_expected(tmp_path, ray_address):
+def test_a_tiny_tuner_crash_restore_and_resume_use_them_as_expected(tmp_path, ray_address, monkeypatch):
     """Two trials count to 3 with a checkpoint per step and crash once after 2 (max_failures=1):
     Ray's retry calls Trainable.restore with a _TrainingResult; raising the storage's
     current_checkpoint_index moves the next checkpoint folder past it; skipping Ray's restore starts
