@@ -107,6 +107,7 @@ class MixingConfig:
     probes_per_class: int = 10  # k mix parents per seen class
     buffer_probes: int = 0  # buffer samples per old class for the buffer gradient, besides the parents; 0 = all
     score_momentum: float = 0.0  # S <- m S + (1 - m) S_fresh across a task's refreshes; 0 = no average
+    pair_scoring: str = "auto"  # all | drawn (only pairs batches draw; same values) | auto (all up to 50 classes)
     mix_rate: Union[float, str] = "matched"  # random_matched: a fraction, or GradMix's own rate
     keep_clean: bool = False  # train on the clean batch and, besides it, the mixed samples
     start_task: int = 0  # no mixing before this task (0: mix from the first task, as ER+Mixup)
@@ -153,6 +154,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mixing.op": ("mixup", "cutmix"),
     "mixing.criterion": ("inner", "cosine"),
     "mixing.gradient_scope": ("last_layer", "full"),
+    "mixing.pair_scoring": ("auto", "all", "drawn"),
     "augment.policy": ("none", "autoaugment", "randaugment", "trivialaugment"),
 }
 

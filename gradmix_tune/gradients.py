@@ -56,6 +56,7 @@ def soft_cross_entropy(logits: torch.Tensor, y_soft: torch.Tensor) -> torch.Tens
 # Both heads below offer the same operations on features h and soft targets y:
 #   mean_grad(h, y) -> G      inner(h, y, G) -> <g_i, G>      sq_norms(h, y, groups, k)
 #   mix_inner(h, ja, jb, lam, y_mix, G): <g~, G> for feature-space mixes h~ = lam h_a + (1-lam) h_b
+#   mix_scorer(h, G): the same as a function of (ja, jb, lam, y_mix), for scoring mixes in parts
 #   loss(model, x, y): the loss itself (full-model gradients, virtual updates)
 
 
@@ -77,12 +78,19 @@ class CEHead:
     def sq_norms(self, h: torch.Tensor, y: torch.Tensor, n_groups: int, k: int) -> torch.Tensor:
         return group_sq_norms(self.residuals(h, y), h, n_groups, k)
 
-    def mix_inner(self, h, ja, jb, lam, y_mix, g) -> torch.Tensor:
-        """Linear head: the mix's logits and G [h~, 1] are the same mix of its parents', so
-        nothing of size mixes x D is formed (O(mixes x C))."""
+    def mix_scorer(self, h: torch.Tensor, g: torch.Tensor):
+        """(ja, jb, lam, y_mix) -> <g~, G> for feature-space mixes of h's rows. Linear head: the
+        mix's logits and G [h~, 1] are the same mix of its parents', taken here once, so each
+        mix costs O(C) and nothing of size mixes x D is formed."""
         z, a = self.head(h), augment_bias(h) @ g.t()
-        r = residuals(z[jb] + lam * (z[ja] - z[jb]), y_mix)
-        return (r * (a[jb] + lam * (a[ja] - a[jb]))).sum(dim=1)
+
+        def score(ja, jb, lam, y_mix):
+            r = residuals(z[jb] + lam * (z[ja] - z[jb]), y_mix)
+            return (r * (a[jb] + lam * (a[ja] - a[jb]))).sum(dim=1)
+        return score
+
+    def mix_inner(self, h, ja, jb, lam, y_mix, g) -> torch.Tensor:
+        return self.mix_scorer(h, g)(ja, jb, lam, y_mix)
 
     def loss(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return soft_cross_entropy(model(x), y)
@@ -126,9 +134,14 @@ class ProxyHead:
         gram = (a @ a.transpose(1, 2)) * (hn @ hn.transpose(1, 2)) - as_ @ as_.transpose(1, 2)
         return gram.sum(dim=(1, 2)) / (k * k)
 
+    def mix_scorer(self, h: torch.Tensor, g: torch.Tensor):
+        def score(ja, jb, lam, y_mix):
+            hm = h[jb] + lam * (h[ja] - h[jb])  # normalisation is not linear: form the mixes
+            return self.inner(hm, y_mix, g)
+        return score
+
     def mix_inner(self, h, ja, jb, lam, y_mix, g) -> torch.Tensor:
-        hm = h[jb] + lam * (h[ja] - h[jb])  # normalisation is not linear: form the mixes
-        return self.inner(hm, y_mix, g)
+        return self.mix_scorer(h, g)(ja, jb, lam, y_mix)
 
     def loss(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from .losses import proxy_contrastive_loss

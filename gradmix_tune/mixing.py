@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from . import gradients as G
 from .config import ConfigError, MixingConfig
 from .models import eval_mode
+from .pair_window import PairWindow, pair_layout, scores_all
 from .selection import (PAIR_TYPES, any_partner, composed_partners, composition, decision_flips,
                         pair_helpful_fractions, random_partner)
 
@@ -151,6 +153,8 @@ class Mixer:
         self.last_partner: np.ndarray | None = None  # of the last step, for inspection and tests
         self.last_mixed: np.ndarray | None = None
         self.last_reference: tuple[np.ndarray, np.ndarray] | None = None  # random_composed: GradMix's draw
+        self.window: PairWindow | None = None  # pair_scoring drawn: the last refresh's draws, scored on demand
+        self._pairs_dirty = False  # drawn: pairs_helpful to recompute from S
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -167,6 +171,10 @@ class Mixer:
         self.rng.bit_generator.state = s["rng"]
 
     def reset_stats(self) -> MixStats:
+        if self._pairs_dirty:  # drawn: over the pairs scored so far in the task, each by its latest score
+            self.stats.pairs_helpful = pair_helpful_fractions(self.helpful, torch.isfinite(self.S).numpy(),
+                                                              self.class_new)
+            self._pairs_dirty = False
         old, self.stats = self.stats, MixStats(pairs_helpful=dict(self.stats.pairs_helpful))
         return old
 
@@ -190,6 +198,8 @@ class Mixer:
         elif sel == "gradient_sample" and not ctx.buffer_empty and self._due(ctx):
             self._refresh_buffer_grad(ctx)
         self.since_refresh += 1
+        if scored and self.window is not None:
+            self._score_drawn(yn)
         do_mix = np.ones(n, dtype=bool)
         if sel in ("random", "remix") or sel in SCORED and not scored:  # first task: mix as ER+Mixup
             partner = any_partner(n, rng)
@@ -327,6 +337,10 @@ class Mixer:
         first-order approximation of input mixup through a nonlinear backbone (the README gives
         the measured agreement). Every pair then costs O(k C), not a forward. full scope: real
         input-space mixes and full-model gradients of the trained loss per pair (slow, for checks).
+
+        `pair_scoring` (pair_window.py): every pair now, or (last_layer scope) each pair when a
+        batch first draws it, with this refresh's draws and features: the same values, at O(k C)
+        a drawn pair instead of O(k C^3) a refresh.
         """
         t0 = time.perf_counter()
         model, k, C = ctx.model, self.cfg.probes_per_class, self.num_classes
@@ -335,32 +349,83 @@ class Mixer:
         self._start_refresh(ctx, py)
         m = len(py) // k
         groups = py.view(m, k)[:, 0]  # probes arrive grouped, k per class
-        ia, ib = torch.triu_indices(m, m)  # unordered pairs, (a, a) included
+        ia, ib, pair_id, group_of = pair_layout(groups, C)  # unordered pairs, (a, a) included
         P = len(ia)
         perm = torch.from_numpy(self.rng.permutation(k))
-        ja = (ia.view(P, 1) * k + torch.arange(k).view(1, k)).flatten().to(px.device)  # probe i of a
-        jb = (ib.view(P, 1) * k + perm.view(1, k)).flatten().to(px.device)  # with probe perm(i) of b
         lam = self.rng.beta(self.cfg.alpha, self.cfg.alpha, P * k)
         op = self.cfg.op if px.dim() == 4 else "mixup"
         oh = F.one_hot(py, C).float()
+        every_pair = scores_all(self.cfg.pair_scoring, m)
         with eval_mode(model):
             hg = self._head(model)
             if self.cfg.gradient_scope == "full":
+                ja = (ia.view(P, 1) * k + torch.arange(k).view(1, k)).flatten().to(px.device)  # probe i of a
+                jb = (ib.view(P, 1) * k + perm.view(1, k)).flatten().to(px.device)  # with probe perm(i) of b
                 xm, lam = mix_inputs(px[ja], px[jb], lam, op, self.rng)
                 scores = self._full_scores(model, hg, xm, self._pair_targets(oh, ja, jb, lam),
                                            p.bx, F.one_hot(p.by, C).float(), P, k)
+                every_pair = True
             else:
                 if op == "cutmix":  # the label weight is the pasted box's true area
                     _, lam = cutmix_masks(P * k, px.shape[2], px.shape[3], lam, self.rng)
-                scores = self._last_layer_scores(model, hg, px, oh, p.bx, F.one_hot(p.by, C).float(),
-                                                 ja, jb, lam, P, k)
-        fresh = torch.full((C, C), NAN)
-        ca, cb = groups[ia].cpu(), groups[ib].cpu()
-        fresh[ca, cb] = scores.float().cpu()
-        fresh[cb, ca] = scores.float().cpu()
-        self._update_scores(fresh)
+                with torch.no_grad():
+                    h = self._features(model, px).float()
+                    self.g_buf = hg.mean_grad(self._features(model, p.bx).float(), F.one_hot(p.by, C).float())
+                if not every_pair:  # scored later, after training steps: a frozen copy of today's head
+                    hg = G.head_gradients(self.loss, copy.deepcopy(model.head), self.temperature, self.present)
+                dev = h.device
+                self.window = PairWindow(groups, group_of, pair_id, ia.to(dev), ib.to(dev), perm.to(dev),
+                                         torch.from_numpy(lam).to(dev, h.dtype), oh, k,
+                                         hg.mix_scorer(h, self.g_buf), self._norm(hg, h, k),
+                                         np.zeros(P, dtype=bool))
+                if every_pair:
+                    scores = self.window.scores(torch.arange(P))
+        if every_pair:
+            self.window = None
+            fresh = torch.full((C, C), NAN)
+            ca, cb = groups[ia].cpu(), groups[ib].cpu()
+            fresh[ca, cb] = scores.float().cpu()
+            fresh[cb, ca] = scores.float().cpu()
+            self._update_scores(fresh)
+        elif self.S is None:  # a task's first window: nothing scored yet
+            self.S, self.helpful = torch.full((C, C), NAN), np.zeros((C, C), dtype=bool)
         self.stats.refresh_time_s += time.perf_counter() - t0  # part of selection_time_s
         return self.S
+
+    def _norm(self, hg, h, k):
+        """cosine: each pair's |mean gradient of its k mixes| x |G| (the scores' divisor)."""
+        if self.cfg.criterion != "cosine":
+            return None
+        g_norm = self.g_buf.norm()
+
+        def norm(ja, jb, lt, y_mix, n):
+            hm = h[jb] + lt * (h[ja] - h[jb])
+            return (hg.sq_norms(hm, y_mix, n, k).sqrt() * g_norm).clamp_min(1e-12)
+        return norm
+
+    def _score_drawn(self, labels: np.ndarray) -> None:
+        """pair_scoring drawn: score the batch's class pairs not scored since the last refresh, blend
+        them into S (`score_momentum`, with the pair's previous score in the task) and decide them."""
+        t0 = time.perf_counter()
+        w = self.window
+        pairs = w.needed(labels)
+        if len(pairs):
+            fresh = w.scores(pairs).float().cpu()
+            ca, cb = (c.numpy() for c in w.class_pairs(pairs))
+            prev = self.S[ca, cb]
+            known = torch.isfinite(prev)
+            mom = self.cfg.score_momentum
+            new = torch.where(known, mom * prev + (1 - mom) * fresh, fresh) if mom else fresh
+            self.S[ca, cb] = new
+            self.S[cb, ca] = new
+            was, now = self.helpful[ca, cb], (new >= self.cfg.threshold).numpy()
+            self.helpful[ca, cb] = now
+            self.helpful[cb, ca] = now
+            kn = known.numpy()
+            self.stats.flips += int((was != now)[kn].sum())
+            self.stats.compared += int(kn.sum())
+            self._pairs_dirty = True
+        self.stats.refresh_time_s += time.perf_counter() - t0
 
     def _update_scores(self, fresh: torch.Tensor) -> None:
         """S <- mom S + (1 - mom) fresh where both are known (a new pair starts at its fresh
@@ -385,19 +450,6 @@ class Mixer:
     def _pair_targets(oh, ja, jb, lam) -> torch.Tensor:
         lt = torch.from_numpy(np.asarray(lam)).to(oh.device, oh.dtype).view(-1, 1)
         return oh[jb] + lt * (oh[ja] - oh[jb])
-
-    @torch.no_grad()
-    def _last_layer_scores(self, model, hg, px, oh, bx, by, ja, jb, lam, P, k) -> torch.Tensor:
-        h = self._features(model, px).float()
-        g_buf = hg.mean_grad(self._features(model, bx).float(), by)
-        self.g_buf = g_buf
-        lt = torch.from_numpy(lam).to(h.device, h.dtype).view(-1, 1)
-        y_mix = oh[jb] + lt * (oh[ja] - oh[jb])
-        scores = hg.mix_inner(h, ja, jb, lt, y_mix, g_buf).view(P, k).mean(dim=1)
-        if self.cfg.criterion == "cosine":
-            hm = h[jb] + lt * (h[ja] - h[jb])
-            scores = scores / (hg.sq_norms(hm, y_mix, P, k).sqrt() * g_buf.norm()).clamp_min(1e-12)
-        return scores
 
     def _full_scores(self, model, hg, xm, ym, bx, by, n_pairs, k) -> torch.Tensor:
         """Full-model gradients of the trained loss per pair (slow; checks the approximation)."""
