@@ -232,9 +232,9 @@ def analyse(sr: StudyRuns) -> dict:
                        all(str(a["factors"].get(k)) == a["method"] for a in arms)), None) or \
         next((k for k in keys if k.startswith(("mixing.", "augment.")) and len(distinct[k]) > 1
               and _names_method(arms, k)), None)
+    kept = set(SUMMARY_KEYS) | {test_metric, metric}  # the study's metric too: what may pick a best arm
     for a in arms:
-        a["values"] = {m: {s: tr.metrics.get(m) for s, tr in a["runs"].items()}
-                       for m in set(SUMMARY_KEYS) | {test_metric}}
+        a["values"] = {m: {s: tr.metrics.get(m) for s, tr in a["runs"].items()} for m in kept}
     base = _baseline(raw, arms, method_key, keys, levels)
     comparisons = _comparisons(arms, keys, levels, method_key, base, test_metric, mode)
     ref_arm = next((a for a in arms if all(jkey(a["factors"].get(k)) == jkey(v) for k, v in base["ref"].items())),
@@ -245,7 +245,7 @@ def analyse(sr: StudyRuns) -> dict:
 
     arm_rows = []
     for a in arms:
-        stats = {k: describe(list(a["values"][k].values()), k) for k in set(SUMMARY_KEYS) | {test_metric}}
+        stats = {k: describe(list(a["values"][k].values()), k) for k in kept}
         mix = next((b for b in arms if b["method"] in ER_MIXUP and same_others(a, b)), None) if method_key else None
         overhead = NAN
         if mix is not None:
@@ -257,10 +257,14 @@ def analyse(sr: StudyRuns) -> dict:
                          "seeds": [tr.seed for tr in runs], "run_ids": [tr.run_id for tr in runs],
                          "per_seed": [tr.metrics.get(test_metric) for tr in runs],
                          "is_reference": ref_arm is not None and a["arm"] == ref_arm["arm"],
+                         # an evaluation arm's rank in the tuning that chose it (report/selection.py)
+                         "tune_rank": runs[0].tags.get("tune_rank") if runs[0].tags.get("phase") == "evaluate"
+                         else None,
                          "stats": stats, "overhead_vs_er_mixup": overhead, "curve": _arm_curve(runs),
                          "epochs": max((tr.epochs_per_task or 1 for tr in runs), default=1),
                          "accuracy_matrix": _mean_matrix([tr.acc_matrix for tr in runs])})
-    n_min = min((r["stats"][test_metric]["n"] for r in arm_rows), default=0)
+    # arms without a value (trials a scheduler stopped early) have no seeds to count: not 0 per arm
+    n_min = min((r["stats"][test_metric]["n"] for r in arm_rows if r["stats"][test_metric]["n"]), default=0)
     m = sum(is_finite(c["p"]) for c in comparisons)
     failed = [{"name": tr.name, "arm": tr.arm, "seed": tr.seed, "status": tr.status, "error": tr.error,
                "run_id": tr.run_id, "trial_id": tr.trial_id} for tr in sr.failed]

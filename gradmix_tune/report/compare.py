@@ -1,9 +1,10 @@
 """Several studies that share arms in one report (`build_comparison`): the table a paper needs, per study, aggregated.
 
 Each study is analysed as on its own (analysis.analyse). Rows are the arms the studies share (by
-arm label); per study: mean ± std of its metric, the best in bold, and the Holm mark of the arm's
-paired difference from the common baseline (the first study's baseline method at the same other
-factor values; Holm over every such row of every study). Aggregate over
+arm label); per study: mean ± std of its metric, the best in bold (by the metric that may choose,
+report/selection.py: a searched study's validation metric, not the test score shown), and the
+Holm mark of the arm's paired difference from the common baseline (the first study's baseline
+method at the same other factor values; Holm over every such row of every study). Aggregate over
 studies (rliable): the mean of the per-study means and the mean probability of improvement over
 the baseline, each with a stratified bootstrap interval (seeds resampled within each study).
 """
@@ -21,7 +22,8 @@ from .analysis import analyse
 from .build import jsonable
 from .charts import PALETTE, slug
 from .document import Bold, Doc, Link, interval, ms
-from .findings import clause, num, pval
+from .findings import ci_text, clause, num, pval
+from .selection import choose
 from .runs import ReportError, jkey, load_study, run_url
 from .stats import holm, mark, metric_range, paired_test, stratified_bootstrap
 
@@ -99,24 +101,43 @@ def compare(results: list[dict]) -> dict:
                       "poi": sum(sum(b) / len(b) for b in better) / len(better), "poi_low": lo, "poi_high": hi,
                       "significant_in": [x["study"] for x in mine if is_finite(x["p_holm"]) and x["p_holm"] < 0.05]})
     return {"studies": names, "metrics": [r["test_metric"] for r in results], "modes": [r["mode"] for r in results],
+            "best": [_best_shared(r, [m[a] for a in shared]) for r, m in zip(results, arms_of)],
             "baseline": base["name"], "shared_arms": shared, "table": table, "comparisons": rows, "pairs": pairs,
             "only_in_some": sorted({a for m in arms_of for a in m} - set(shared)),
             "n_min": min((r["n_min"] for r in results), default=0)}
 
 
+def _best_shared(res: dict, arms: list[dict]) -> dict:
+    """A study's best shared arm by the metric that may choose (report/selection.py: a searched
+    study's validation metric, or the tuning rank of its evaluation arms; never a test score it
+    only reports)."""
+    ch = choose(res, arms)
+    a = ch["arm"]
+    return {"arm": a["arm"] if a else None, "by": ch["by"], "rule": ch["rule"],
+            "score": a["stats"][ch["by"]]["mean"] if a and ch["rule"] == "metric" else float("nan"),
+            "tune_rank": a.get("tune_rank") if a else None}
+
+
 def _sentences(cmp: dict) -> list[str]:
     out = []
     for i, study in enumerate(cmp["studies"]):
-        mode, metric = cmp["modes"][i], cmp["metrics"][i]
-        pick = max if mode == "max" else min
-        rows = [t for t in cmp["table"] if is_finite(t["per_study"][i]["mean"])]
-        if rows:
-            best = pick(rows, key=lambda t: t["per_study"][i]["mean"])
-            st = best["per_study"][i]
-            out.append(f"{study}: best shared arm {best['arm']} with {LABELS.get(metric, metric)} "
-                       f"{num(st['mean'], metric)} (95% CI {num(st['ci_low'], metric)} to "
-                       f"{num(st['ci_high'], metric)}, "
-                       f"{st['n']} seeds).")
+        metric, b = cmp["metrics"][i], cmp["best"][i]
+        row = next((t for t in cmp["table"] if t["arm"] == b["arm"]), None)
+        if row is None:
+            if b["by"] != metric:
+                out.append(f"{study}: no shared arm has a value of {b['by']}, the study's metric, so none is "
+                           "called best (the test split does not choose).")
+            continue
+        st = row["per_study"][i]
+        score = f"{LABELS.get(metric, metric)} {num(st['mean'], metric)}{ci_text(st, metric)}"
+        if b["by"] == metric:
+            out.append(f"{study}: best shared arm {b['arm']} with {score}.")
+        elif b["rule"] == "metric":
+            out.append(f"{study}: best shared arm by {b['by']}, the study's metric (the test split does not "
+                       f"choose): {b['arm']} with {b['by']} {num(b['score'], b['by'])}; its test {score}.")
+        else:
+            out.append(f"{study}: of the shared arms, {b['arm']} re-runs the configuration {b['by']} ranked "
+                       f"highest in tuning (rank {b['tune_rank']}): its test {score}.")
     for p in cmp["pairs"][:3]:
         where = f" at {p['at']}" if p["at"] else ""
         sig = p["significant_in"]
@@ -132,15 +153,11 @@ def _latex(cmp: dict) -> str:
     esc = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"})
     lines = [r"\begin{tabular}{" + cols + "}", r"\toprule",
              "arm & " + " & ".join(s.translate(esc) for s in cmp["studies"]) + r" & mean \\", r"\midrule"]
-    best = []
-    for i, mode in enumerate(cmp["modes"]):
-        vals = [t["per_study"][i]["mean"] for t in cmp["table"] if is_finite(t["per_study"][i]["mean"])]
-        best.append((max if mode == "max" else min)(vals) if vals else None)
     for t in cmp["table"]:
         cells = []
         for i, p in enumerate(t["per_study"]):
             s = f"{p['mean']:.3f} $\\pm$ {p['std']:.3f}" if is_finite(p["std"]) else num(p["mean"])
-            s = f"\\textbf{{{s}}}" if best[i] is not None and p["mean"] == best[i] else s
+            s = f"\\textbf{{{s}}}" if t["arm"] == cmp["best"][i]["arm"] else s
             cells.append(s + (f"$^{{{p['mark']}}}$" if p["mark"] else ""))
         lines.append(t["arm"].translate(esc) + " & " + " & ".join(cells) + f" & {num(t['aggregate'])} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
@@ -187,20 +204,18 @@ def build_comparison(studies: list[str], tracking_uri: str | None = None, out_di
         "Differences are paired by seed within each study; Holm correction over every row of the comparisons "
         "table (all studies together).")
     d.h(2, "Results")
-    best = []
-    for i, mode in enumerate(cmp["modes"]):
-        vals = [t["per_study"][i]["mean"] for t in cmp["table"] if is_finite(t["per_study"][i]["mean"])]
-        best.append((max if mode == "max" else min)(vals) if vals else None)
     rows = []
     for t in cmp["table"]:
         cells = []
         for i, p in enumerate(t["per_study"]):
             s = ms(p, 3) + (f" {p['mark']}" if p["mark"] else "")
-            cells.append(Bold(s) if best[i] is not None and p["mean"] == best[i] else s)
+            cells.append(Bold(s) if t["arm"] == cmp["best"][i]["arm"] else s)
         rows.append([t["arm"]] + cells + [f"{num(t['aggregate'])} {interval(t['agg_low'], t['agg_high'], 3)}"])
     heads = [f"{s}: {LABELS.get(m, m)}" for s, m in zip(cmp["studies"], cmp["metrics"])]
     d.table(["arm"] + heads + ["mean over studies [95% CI, stratified bootstrap]"], rows)
-    d.p("Mean ± std over seeds; bold = best in its study; marks = Holm-adjusted p of the arm against its "
+    d.p("Mean ± std over seeds; bold = best in its study by the study's metric (a searched study's validation "
+        "metric, or the tuning rank of its evaluation arms: never the test score shown); marks = Holm-adjusted p "
+        "of the arm against its "
         "study's baseline (* < 0.05, ** < 0.01, *** < 0.001). LaTeX: `table.tex`."
         + (f" Arms not in every study (left out): {', '.join(cmp['only_in_some'])}." if cmp["only_in_some"] else ""))
     d.img("figures/seeds.png", "every seed per arm and study, with the mean and its 95% CI")

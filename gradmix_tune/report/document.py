@@ -195,10 +195,12 @@ def study_section(d: Doc, ctx: Context) -> None:
     r = ctx.res
     d.h(2, "Study")
     parent = ctx.run_link(r["parent_run_id"])
+    empty = sum(not a["stats"][r["test_metric"]]["n"] for a in r["arms"])  # e.g. trials a scheduler stopped
     d.p(f"Experiment `{r['experiment']}` (id {r['experiment_id']}), parent run [{parent.text}]({parent.href}), "
         f"tracking URI `{ctx.tracking_uri}`. Ablation file `{r['ablation'] or '?'}`, git commit "
-        f"`{r['git_commit'] or '?'}`. {r['n_runs']} finished trials in {len(r['arms'])} arms, "
-        f"{len(r['failed'])} failed or unfinished. Study metric: `{r['metric']}` ({r['mode']})"
+        f"`{r['git_commit'] or '?'}`. {r['n_runs']} finished trials in {len(r['arms'])} arms"
+        + (f" ({empty} of them without a value of `{r['test_metric']}`)" if empty else "")
+        + f", {len(r['failed'])} failed or unfinished. Study metric: `{r['metric']}` ({r['mode']})"
         + (f"; compared on its test twin `{r['test_metric']}`" if r["metric"] != r["test_metric"] else "")
         + f". Rebuild with `gradmix-tune report {r['study']}`. {ui_note(ctx)}")
 

@@ -1,8 +1,10 @@
 """The report's headline: the ablation's question (its header comment) and 2-6 sentences computed from the numbers.
 
-Every sentence is a template filled with computed quantities: the best arm and its interval; each
-group of one-factor comparisons (the same two methods, or the same factor level against its
-reference) with its differences, 95% t-intervals and Holm-adjusted p-values, and "not
+Every sentence is a template filled with computed quantities: the best arm and its interval (by the
+study's metric: in a searched study its validation metric chooses and the test score is stated
+beside it, report/selection.py); each group of one-factor comparisons (the same two methods, or
+the same factor level against its reference) with its differences, 95% t-intervals and
+Holm-adjusted p-values, and "not
 distinguishable from noise with N seeds" when no adjusted p is below 0.05; and what the seeds
 allow (the smallest standardized effect 80% power reaches, the seeds the largest open
 difference needs). Nothing here reads MLflow or draws.
@@ -14,6 +16,7 @@ import math
 from ..results import LABELS
 from ..tracking.store import question_of  # noqa: F401 - the sweep writes it to the parent run too
 from ..values import is_finite
+from .selection import choose
 
 MAX_SENTENCES = 6
 MAX_LISTED = 3  # comparisons listed one by one in a sentence; more are summarised
@@ -96,21 +99,55 @@ def _group_sentence(group: list[dict], res: dict) -> str:
     return body + f": significant after Holm correction only at {'; '.join(c['at'] for c in sig)}."
 
 
+def ci_text(st: dict, metric: str) -> str:
+    """' (95% CI a to b, n seeds)' of a describe() dict (' (1 seed)' with one)."""
+    return (f" (95% CI {num(st['ci_low'], metric)} to {num(st['ci_high'], metric)}, {st['n']} seeds)" if st["n"] > 1
+            else f" ({st['n']} seed)")
+
+
+def _names(arms: list[dict]) -> str:
+    shown = ", ".join(a["arm"] for a in arms[:MAX_LISTED])
+    return shown + (f" and {len(arms) - MAX_LISTED} more" if len(arms) > MAX_LISTED else "")
+
+
 def _best_sentence(res: dict) -> str:
-    metric, mode = res["test_metric"], res["mode"]
-    arms = [a for a in res["arms"] if is_finite(a["stats"][metric]["mean"])]
-    if not arms:
-        return f"No finished run has {LABELS.get(metric, metric)}."
-    pick = max if mode == "max" else min
-    best = pick(arms, key=lambda a: a["stats"][metric]["mean"])
-    st = best["stats"][metric]
-    ci = (f" (95% CI {num(st['ci_low'], metric)} to {num(st['ci_high'], metric)}, {st['n']} seeds)" if st["n"] > 1
-          else f" ({st['n']} seed)")
-    word = "higher" if mode == "max" else "lower"
-    if len(arms) == 1:
-        return f"One arm, {best['arm']}: {LABELS.get(metric, metric)} {num(st['mean'], metric)}{ci}."
-    return (f"Best of {len(arms)} arms by {LABELS.get(metric, metric)} ({word} is better): {best['arm']} with "
-            f"{num(st['mean'], metric)}{ci}.")
+    """The best arm by the metric that may choose (report/selection.py): the test metric of an
+    ablation of fixed settings; the study's validation metric of a search, the test score beside it."""
+    test, mode = res["test_metric"], res["mode"]
+    ch = choose(res, res["arms"])
+    by, best, word = ch["by"], ch["arm"], "higher" if mode == "max" else "lower"
+    if by == test:
+        if best is None:
+            return f"No finished run has {LABELS.get(test, test)}."
+        st = best["stats"][test]
+        if len(ch["ranked"]) == 1:
+            return f"One arm, {best['arm']}: {LABELS.get(test, test)} {num(st['mean'], test)}{ci_text(st, test)}."
+        return (f"Best of {len(ch['ranked'])} arms by {LABELS.get(test, test)} ({word} is better): {best['arm']} "
+                f"with {num(st['mean'], test)}{ci_text(st, test)}.")
+    # a study that selects: the test split must not choose, so rank on `by` and state the test score
+    tested = (f"its test {LABELS.get(test, test)} {num(best['stats'][test]['mean'], test)}"
+              f"{ci_text(best['stats'][test], test)}" if best else "")
+    if ch["rule"] == "metric":
+        sc = best["stats"][by]
+        head = (f"Best of {len(ch['ranked'])} arms by {by}, the study's metric ({word} is better; the test split "
+                "does not choose)" if len(ch["ranked"]) > 1 else
+                f"The one arm with a value of {by}, the study's metric")
+        s = f"{head}: {best['arm']} with {by} {num(sc['mean'], by)}{ci_text(sc, by)}; {tested}."
+    elif ch["rule"] == "tune_rank":
+        s = (f"No tuning arm has a value of {by}, the study's metric; {best['arm']} re-runs the configuration it "
+             f"ranked first in tuning: {tested}.")
+    else:
+        return f"No finished run has a value of {by}, the study's metric (the test split does not choose)."
+    aside = []
+    if ch["evaluation"] and ch["rule"] == "metric":
+        one = len(ch["evaluation"]) == 1
+        aside.append(f"{len(ch['evaluation'])} evaluation arm{'' if one else 's'} ({_names(ch['evaluation'])}; "
+                     f"{'its test score is the one' if one else 'their test scores are the ones'} to report, "
+                     "see Tuning vs evaluation)")
+    if ch["empty"]:
+        aside.append(f"{len(ch['empty'])} arm{'' if len(ch['empty']) == 1 else 's'} without a value of {by} "
+                     "(stopped early, or ended without it)")
+    return s + (f" Not ranked: {' and '.join(aside)}." if aside else "")
 
 
 def _power_sentence(res: dict) -> str:

@@ -6,7 +6,9 @@ configuration: its values, the best validation score in tuning (the study's metr
 run's own test score, the evaluation's test score over the fresh seeds (mean ± std, 95% t-interval)
 and the optimism gap = tuning test score − evaluation mean: how much reporting the tuning run's
 test score (tuning and reporting on the same stream) would have overstated the result (Cha & Cho
-2024). A study that chose on a test metric (`allow_test_metric: true`) is flagged in red.
+2024). A study that chose on a test metric (`allow_test_metric: true`) is flagged in red. Phase 1
+is counted in configurations, each once: those with a value of the study's metric (the only ones
+ranked), those a scheduler stopped early (finished runs that never logged it) and the failed.
 """
 from __future__ import annotations
 
@@ -45,17 +47,50 @@ def _changes(tune_params: dict, ev_params: dict) -> dict:
     return {k: (tune_params.get(k, "-"), ev_params.get(k, "-")) for k in keys if tune_params.get(k) != ev_params.get(k)}
 
 
-def _allowed_test(ctx: Context) -> bool:
-    tags = getattr(ctx.runs, "parent_tags", {}) or {}
-    if str(tags.get(ALLOW_TEST_METRIC, "")).lower() == "true":
-        return True
+def _ablation(ctx: Context) -> dict:
     import yaml
 
     try:
         raw = yaml.safe_load(ctx.res.get("ablation_text") or "") or {}
     except yaml.YAMLError:
         raw = {}
-    return isinstance(raw, dict) and raw.get("allow_test_metric") is True
+    return raw if isinstance(raw, dict) else {}
+
+
+def _allowed_test(ctx: Context) -> bool:
+    tags = getattr(ctx.runs, "parent_tags", {}) or {}
+    if str(tags.get(ALLOW_TEST_METRIC, "")).lower() == "true":
+        return True
+    return _ablation(ctx).get("allow_test_metric") is True
+
+
+def _scheduler(ctx: Context) -> str:
+    """The ablation file's scheduler type (fifo when it names none)."""
+    sched = _ablation(ctx).get("scheduler") or "fifo"
+    return str(sched.get("type", "fifo") if isinstance(sched, dict) else sched).lower()
+
+
+def _configurations(tune: list, failed: list, metric: str) -> dict:
+    """The tuning configurations (arms) by outcome: "ended" (a run with a value of the metric: the
+    only ones ranked), "stopped" (finished runs that never reached the last task, so never logged
+    the metric: a scheduler stopped them), "failed" (the rest: failed or unfinished runs, or finished
+    ones whose metric is not a number); "no_value" and "unfinished" count the last two kinds among
+    the failed."""
+    runs: dict[str, list] = {}
+    for tr in tune + failed:
+        runs.setdefault(tr.arm, []).append(tr)
+    out = {"ended": [], "stopped": [], "failed": [], "no_value": 0, "unfinished": 0}
+    for arm, trs in runs.items():
+        done = [tr for tr in trs if tr.status == "FINISHED"]
+        if any(is_finite(tr.metrics.get(metric)) for tr in done):
+            out["ended"].append(arm)
+        elif any(metric not in tr.metrics for tr in done):
+            out["stopped"].append(arm)
+        else:
+            out["failed"].append(arm)
+            out["no_value"] += bool(done)
+            out["unfinished"] += not done and all(tr.status in ("KILLED", "RUNNING", "SCHEDULED") for tr in trs)
+    return out
 
 
 def analyse_tuning(ctx: Context) -> dict | None:
@@ -68,6 +103,7 @@ def analyse_tuning(ctx: Context) -> dict | None:
         return None
     metric, mode, test = ctx.res["metric"], ctx.res["mode"], ctx.res["test_metric"]
     tune = [tr for tr in finished if tr.tags.get("phase") == "tune"]
+    tune_failed = [tr for tr in others if tr.tags.get("phase") == "tune"]
     ev = [tr for tr in finished if tr.tags.get("phase") == "evaluate"]
     sign = -1.0 if mode == "max" else 1.0
     ranked = sorted((tr for tr in tune if is_finite(tr.metrics.get(metric))),
@@ -99,7 +135,8 @@ def analyse_tuning(ctx: Context) -> dict | None:
     tasks = {tr.params.get("data.tasks", "?") for tr in tune}
     pairs = [(_num(tr, metric), _num(tr, test)) for tr in ranked if is_finite(_num(tr, test))]
     return {"metric": metric, "mode": mode, "test": test, "tune": tune, "ranked": ranked, "chosen": chosen,
-            "n_tune_other": sum(tr.tags.get("phase") == "tune" for tr in others),
+            "configs": _configurations(tune, tune_failed, metric), "n_tune_runs": len(tune) + len(tune_failed),
+            "scheduler": _scheduler(ctx), "n_pairs": len(pairs), "n_tune_other": len(tune_failed),
             "n_eval_other": sum(tr.tags.get("phase") == "evaluate" for tr in others),
             "val_fraction": sorted({tr.params.get("data.val_fraction", "?") for tr in tune}),
             "first_tasks": sorted(m for m in max_tasks if m not in ("0", "", None)), "tasks": sorted(tasks),
@@ -119,6 +156,22 @@ def _values(factors: dict) -> str:
     return ", ".join(f"{k}: {_f(v, 4) if isinstance(v, float) else v}" for k, v in factors.items()) or "(the base)"
 
 
+def _counts(t: dict) -> str:
+    """'30 configurations tried: 7 ran to the end, 23 stopped early by ASHA, 0 failed; the 7 with a
+    value of `val_final_avg_acc` are ranked' (each configuration counted once, by its best outcome)."""
+    c, m = t["configs"], t["metric"]
+    n = len(c["ended"]) + len(c["stopped"]) + len(c["failed"])
+    runs = f" ({t['n_tune_runs']} runs)" if t["n_tune_runs"] != n else ""
+    stopped = (f"{len(c['stopped'])} stopped early by ASHA, " if t["scheduler"] == "asha" else
+               f"{len(c['stopped'])} stopped before their last task, " if c["stopped"] else "")
+    why = [f"{c['no_value']} finished without a number for `{m}`"] if c["no_value"] else []
+    why += [f"{c['unfinished']} did not finish (killed or still running)"] if c["unfinished"] else []
+    failed = f"{len(c['failed'])} failed" + (f" ({'; '.join(why)})" if why else "")
+    k = len(c["ended"])
+    return (f"{n} configuration{'' if n == 1 else 's'} tried{runs}: {k} ran to the end, {stopped}{failed}"
+            + (f"; only the {k} with a value of `{m}` are ranked" if k < n else ""))
+
+
 def tuning_section(d: Doc, ctx: Context) -> None:
     t = analyse_tuning(ctx)
     if t is None:
@@ -133,18 +186,17 @@ def tuning_section(d: Doc, ctx: Context) -> None:
     first = (f" Tuning trials trained the first {', '.join(t['first_tasks'])} of {', '.join(t['tasks'])} tasks "
              "(`search.tasks`, Lee et al. 2024): their test score covers those tasks only."
              if t["first_tasks"] else "")
-    stopped = len(t["tune"]) - len(t["ranked"])  # finished runs without the metric: stopped early (ASHA)
-    d.p(f"Phase 1 (tuning): {len(t['ranked'])} tuning runs ran to the end"
-        + (f", {stopped} were stopped early" if stopped else "")
-        + (f", {t['n_tune_other']} failed or did not finish" if t["n_tune_other"] else "")
-        + f"; the choice is by `{m}` ({t['mode']}) on the held-out part of each task's training data "
-        f"(data.val_fraction {', '.join(t['val_fraction'])}).{first} Phase 2 (evaluation): the chosen "
+    d.p(f"Phase 1 (tuning): {_counts(t)}; the choice is by `{m}` ({t['mode']}) on the held-out part of each "
+        f"task's training data (data.val_fraction {', '.join(t['val_fraction'])}).{first} Phase 2 (evaluation): "
+        "the chosen "
         "configuration re-run on fresh seeds (and the `evaluate.set` overrides), on the whole stream and the "
         f"full training data; its test score is the one to report. Optimism gap = the chosen tuning run's "
         f"{lab} − the evaluation's mean: how much tuning and reporting on the same stream overstates it "
         "(Cha & Cho 2024); its interval is the evaluation's 95% t-interval, the tuning score held fixed. "
         "(The sections above compare every run on the test split, tuning runs included: the number to "
-        "report for the chosen configuration is its evaluation's.)")
+        "report for the chosen configuration is its evaluation's.)"
+        + (f" {t['n_eval_other']} evaluation run{'' if t['n_eval_other'] == 1 else 's'} failed or did not finish "
+           "(under Failed or unfinished trials)." if t["n_eval_other"] else ""))
     rows = []
     for c in t["chosen"]:
         st = c["eval"]
@@ -174,7 +226,7 @@ def tuning_section(d: Doc, ctx: Context) -> None:
     if t["ranked"]:
         corr = t["rank_corr"]
         d.p(f"The best tuning runs by `{m}` and their {lab}"
-            + (f" (Spearman rank correlation of the two over all {len(t['ranked'])} finished tuning runs: "
+            + (f" (Spearman rank correlation of the two over the {t['n_pairs']} tuning runs with both: "
                f"{corr:.2f})" if is_finite(corr) else "") + ":")
         d.table(["run", "seed", m, test], [[ctx.run_link(tr.run_id, tr.arm), tr.seed, _f(_num(tr, m)),
                                             _f(_num(tr, test))] for tr in t["ranked"][:TOP_TUNE_ROWS]])

@@ -112,3 +112,58 @@ def write_study(uri: str, name: str, values: dict, yaml_text: str, seeds: list[i
         child(*failed, None, "FAILED")
     c.set_terminated(pid, "FINISHED")
     return pid
+
+
+SEARCH_YAML = """# Question: {question}
+name: {name}
+base: {{data: {{name: digits, tasks: 5}}}}
+search: {{space: sgd.yaml, num_samples: {n}}}
+evaluate: {{seeds: [10, 11, 12], top: 2, set: {{data.class_order_seed: 1}}}}
+scheduler: {scheduler}
+metric: {metric}
+mode: {mode}
+"""
+
+
+def write_search(uri: str, name: str, tune: dict, *, metric: str = "val_final_avg_acc", mode: str = "max",
+                 scheduler: str = "{type: asha, time_attr: tasks_done, grace_period: 1}", evaluate: dict | None = None,
+                 failed: tuple = (), question: str = "which learning rate, honestly?") -> str:
+    """A searched study the way the sweep tags it (phase=tune / evaluate, tune_rank, tune_arm); returns
+    its parent run id. `tune`: learning rate -> the final metrics of its tuning run (seed 0), or None
+    for a run ASHA stopped after its first task (FINISHED, only the intermediate val_avg_acc and
+    avg_acc logged). `failed`: learning rates whose tuning run FAILED before any result.
+    `evaluate`: tune_rank -> (learning rate, {seed: final_avg_acc}), arms "evaluate #<rank>"."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    c = MlflowClient(uri)
+    exp_id = c.create_experiment(name)
+    pid = c.create_run(exp_id, run_name=name, tags={
+        "study": name, "gradmix.role": "parent", "ablation": f"ablations/{name}.yaml", "metric": metric,
+        "mode": mode, "grid": "{}", "seeds": "[0]"}).info.run_id
+    c.log_text(pid, SEARCH_YAML.format(name=name, n=len(tune) + len(failed), scheduler=scheduler, metric=metric,
+                                       mode=mode, question=question), "ablation.yaml")
+    now = int(time.time() * 1000)
+
+    def child(arm, seed, lr, metrics, step, extra, status="FINISHED"):
+        t = {"mlflow.parentRunId": pid, "study": name, "arm": arm, "seed": str(seed), "method": "er_mixup",
+             "gradmix.role": "trial", "trial_id": f"{arm}-{seed}", "factors": json.dumps({"train.lr": lr}), **extra}
+        r = c.create_run(exp_id, run_name=f"er_mixup {arm} seed={seed}", tags=t)
+        params = {"train.lr": lr, "data.tasks": 5, "data.val_fraction": 0.1 if extra["phase"] == "tune" else "None",
+                  "data.class_order_seed": 0 if extra["phase"] == "tune" else 1, "seed": seed}
+        c.log_batch(r.info.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
+                    params=[Param(k, str(v)) for k, v in params.items()])
+        c.set_terminated(r.info.run_id, status)
+
+    for lr, final in tune.items():
+        stopped = {"val_avg_acc": 0.3, "avg_acc": 0.35, "tasks_done": 1}  # what a trial stopped after task 1 has
+        child(f"train.lr={lr}", 0, lr, stopped if final is None else final, 1 if final is None else 5,
+              {"phase": "tune"})
+    for lr in failed:
+        child(f"train.lr={lr}", 0, lr, {}, 0, {"phase": "tune", "error": "RuntimeError: injected"}, "FAILED")
+    for rank, (lr, tests) in (evaluate or {}).items():
+        for seed, v in tests.items():
+            child(f"evaluate #{rank}", seed, lr, {"final_avg_acc": v}, 5,
+                  {"phase": "evaluate", "tune_rank": str(rank), "tune_arm": f"train.lr={lr}", "tune_trial": "0"})
+    c.set_terminated(pid, "FINISHED")
+    return pid

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+from report_store import write_search
+
 from gradmix_tune.report import build_report
 
 # tuning runs (seed 0): train.lr -> (val_final_avg_acc, final_avg_acc); the best by validation is
@@ -92,3 +94,35 @@ def test_a_choice_made_on_test_data_is_flagged_in_red(tmp_path):
 def test_no_section_without_phase_tags(syn_store, tmp_path):
     folder = build_report("syn_digits", syn_store.uri, tmp_path / "reports")
     assert "Tuning vs evaluation" not in (folder / "report.md").read_text()
+
+
+def test_tuning_counts_configurations_with_a_value_apart_from_stopped_and_failed(tmp_path):
+    """30 Optuna configurations, ASHA stopping 23 after their first task (as in
+    reports/hpo_gradmix): the counts are exact, and the stopped ones rank nowhere."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ended = {round(0.01 * (i + 1), 2): {"val_final_avg_acc": 0.70 + 0.01 * i, "final_avg_acc": 0.65 + 0.01 * i}
+             for i in range(7)}
+    stopped = {round(0.1 + 0.01 * i, 2): None for i in range(23)}
+    write_search(uri, "syn_asha", {**ended, **stopped}, evaluate={1: (0.07, {10: 0.70, 11: 0.74, 12: 0.72})})
+    folder = build_report("syn_asha", uri, tmp_path / "reports")
+    md = (folder / "report.md").read_text()
+    assert ("Phase 1 (tuning): 30 configurations tried: 7 ran to the end, 23 stopped early by ASHA, 0 failed; "
+            "only the 7 with a value of `val_final_avg_acc` are ranked; the choice is by") in section(md)
+    assert "over the 7 tuning runs with both" in section(md)
+    findings = json.loads((folder / "summary.json").read_text())["findings"]["sentences"]
+    assert findings[0].startswith("Best of 7 arms by val_final_avg_acc") and "train.lr=0.07 with" in findings[0]
+    assert findings[0].endswith("and 23 arms without a value of val_final_avg_acc (stopped early, or ended "
+                                "without it).")
+    assert not any("0 seed" in s for s in findings), "the stopped configurations have no seeds to count"
+    assert "31 arms (23 of them without a value of `final_avg_acc`)" in md
+
+
+def test_failed_and_valueless_tuning_runs_count_as_failed(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tune = {0.01: {"val_final_avg_acc": 0.70, "final_avg_acc": 0.72}, 0.05: {"val_final_avg_acc": 0.80,
+            "final_avg_acc": 0.83}, 0.1: None, 0.2: {"val_final_avg_acc": float("nan"), "final_avg_acc": 0.1}}
+    write_search(uri, "syn_failed", tune, failed=(0.3, 0.4), scheduler="fifo")
+    s = section((build_report("syn_failed", uri, tmp_path / "reports") / "report.md").read_text())
+    assert ("Phase 1 (tuning): 6 configurations tried: 2 ran to the end, 1 stopped before their last task, "
+            "3 failed (1 finished without a number for `val_final_avg_acc`); only the 2 with a value of "
+            "`val_final_avg_acc` are ranked; the choice is by") in s
