@@ -201,8 +201,8 @@ def cmd_tracking_replay(args: argparse.Namespace) -> int:
 
 
 def _print_study_links(uri: str, url: str, most: int = 5) -> None:
-    """The latest studies' runs grouped by arm (MLflow 3 opens an experiment in its GenAI view
-    until its toggle says "Model training"; these links open the runs table directly)."""
+    """The latest studies' runs grouped by arm, as a table and as charts (the links name the
+    "Model training" view, so they open the runs in any MLflow 3 UI and browser)."""
     try:
         from mlflow import MlflowClient
 
@@ -232,7 +232,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving the MLflow UI on {args.host}: anyone who can reach it sees every run",
               file=sys.stderr)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+    # `mlflow ui`, whose index page makes experiments open on their runs ("Model training"), not on
+    # MLflow 3's GenAI overview (tracking/ui.py says why the experiment's tags cannot)
+    cmd = [sys.executable, "-m", "gradmix_tune.tracking.ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host}:{args.port}"
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("ui", help="open the MLflow UI on the tracking store", formatter_class=_Help,
                        description="Serve the MLflow UI for the tracking store (127.0.0.1 unless --host); "
-                                   "says ready once the server answers.")
+                                   "says ready once the server answers. Experiments open on their runs "
+                                   "(\"Model training\") unless the browser chose GenAI with the toggle.")
     u.add_argument("--tracking-uri", help=TRACKING_HELP)
     u.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000, help="port to serve on")

@@ -7,6 +7,8 @@
     runlog.py   RunLog: one run's result dicts -> metrics (epoch/, task/, final) and figures
     loggers.py  StudyLogger (a sweep: parent and child runs; Ray Tune's callback hooks without
                 Ray) and RunLogger (one `gradmix-tune run`, on a background thread)
+    ui.py       `gradmix-tune ui`'s server: `mlflow ui`, experiments opening on their runs, not the
+                GenAI overview (ui_app.py: the app its uvicorn serves; imports mlflow's server)
 
 Importing this package imports neither ray nor mlflow nor matplotlib: `gradmix-tune run` pays for
 mlflow only when it logs, and sweep/ wraps StudyLogger in its Ray Tune callback.

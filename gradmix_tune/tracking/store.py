@@ -20,7 +20,9 @@ SESSION = "gradmix.session"  # the logger instance that created a parent run
 STEPS = "gradmix.steps"  # JSON high-water marks of the logged metric steps of a child run
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # a run's description in the UI
-# an experiment tag: without it MLflow 3's UI opens an experiment on the GenAI traces page
+# an experiment tag: earlier MLflow 3 UIs read it to open an experiment on its runs rather than on
+# the GenAI pages; 3.17's ignores it and goes by the browser's workflow type, which
+# `gradmix-tune ui` makes "Model training" by default (ui.py)
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 ARMS_VIEW = "arms"  # the UI's shared view of a study's runs: <ui>/#/experiments/<id>/runs?viewStateShareKey=arms
 # a study that selects hyperparameters (sweep/protocol.py): the trial config keys that become child
