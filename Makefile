@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export GRADMIX_DATA_ROOT ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast bench bench-avalanche venv clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: $(STAMP)
 	$(PY) benchmarks/sweep_throughput.py
 	$(PY) benchmarks/decision_stability.py
 	$(PY) benchmarks/approximation_agreement.py
+
+# Avalanche 0.6's Replay on the same protocol, in its own virtualenv (README "Benchmarks")
+bench-avalanche: $(STAMP)
+	test -x .venv-avalanche/bin/python || python3 -m venv .venv-avalanche
+	.venv-avalanche/bin/pip install -q torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0
+	.venv-avalanche/bin/python benchmarks/avalanche_replay.py --repeats 3 --ours
 
 clean:
 	rm -rf ray_results mlflow.db mlartifacts .pytest_cache

@@ -1,11 +1,12 @@
 """Avalanche 0.6's Replay on our Split-MNIST ER protocol, timed as a whole process (start, imports,
 data, training, evaluation), beside `gradmix-tune run` on ablations/configs/split_mnist.yaml.
 
-Avalanche lives in its own virtualenv, outside the repo and outside our dependencies:
+Avalanche lives in its own virtualenv (.venv-avalanche, git-ignored), outside our dependencies
+(`make bench-avalanche` makes it and runs this):
 
-    python3 -m venv /work/avalanche-venv
-    /work/avalanche-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/avalanche-venv/bin/pip install avalanche-lib==0.6.0
+    python3 -m venv .venv-avalanche
+    .venv-avalanche/bin/pip install torch==2.14.1 torchvision==0.29.1
+    .venv-avalanche/bin/pip install avalanche-lib==0.6.0
 
 (torch 2.14.1 / torchvision 0.29.1, the builds our .venv has; avalanche-lib 0.6.0 pins no torch and
 was installed with its own requirements as pip resolved them, patched in nothing. qpsolvers 4.13
@@ -14,17 +15,17 @@ only GEM/A-GEM-style strategies need one, Replay does not; importing Avalanche w
 
 Run (from the repo root):
 
-    /work/avalanche-venv/bin/python benchmarks/avalanche_replay.py [--repeats 3] [--ours]
-        [--data-root /work/shared/data] [--storage reservoir|experience_balanced]
+    .venv-avalanche/bin/python benchmarks/avalanche_replay.py [--repeats 3] [--ours]
+        [--data-root ../shared/data] [--storage reservoir|experience_balanced]
         [--data tensor_mnist|pil|preloaded] [--eval end|each]
-        [--gradmix /work/main/.venv/bin/gradmix-tune]
+        [--gradmix .venv/bin/gradmix-tune]
 
-Each Avalanche run is a fresh `/work/avalanche-venv/bin/python benchmarks/avalanche_replay.py --child`
+Each Avalanche run is a fresh `.venv-avalanche/bin/python benchmarks/avalanche_replay.py --child`
 process (it writes its accuracy and a phase breakdown as JSON); the whole subprocess is timed.
 --ours also times, interleaved with it (Avalanche repeat 1, ours repeat 1, Avalanche repeat 2, ...)
 so that the machine's load hits both alike, the command a user runs, tracked to a new sqlite store:
 
-    /work/main/.venv/bin/gradmix-tune run ablations/configs/split_mnist.yaml --data-root /work/shared/data \\
+    .venv/bin/gradmix-tune run ablations/configs/split_mnist.yaml --data-root ../shared/data \\
         --set train.threads=1 --tracking-uri sqlite:////tmp/<tmp>/mlflow.db --json /tmp/<tmp>/m.json
 
 Prints the median and best whole-process wall time per arm, the final average accuracy (mean over
