@@ -171,10 +171,6 @@ def cluster():
 class TestTwoNodeCluster:
     """Faults of a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster)."""
 
-    @pytest.mark.xfail(strict=False, reason="known regression (session note 2026-11-30): since the token-auth "
-                       "join check, a driver joining this in-process ray.cluster_utils cluster gets its actors "
-                       "cancelled before they run when ~/.ray/auth_token exists; real `ray start` clusters are "
-                       "covered by tests/test_cluster_join.py")
     def test_lost_worker_node_trial_retried_from_its_last_checkpoint(self, tmp_path, cluster):
         """Kill the node running trial 0 after its 2nd task: Ray retries it (max_failures: 1) on a new
         node from the checkpoint of task 2; the study completes with both trials, results exact."""
