@@ -1,8 +1,17 @@
 """A study's runs -> every number of its report (`analyse`): arms, baseline, one-factor comparisons, config, curves.
 
 Baseline: the ablation file's `baseline:` (an arm label or a method), else er_mixup when the study
-sweeps methods and has it, else er, else the first arm. Its values are each factor's reference
-level (a factor the baseline does not fix: its first level in the grid).
+sweeps methods and has it, else er, else the first arm; always among the arms that can be paired
+(below), so never an arm without a value of the test metric (a trial a scheduler stopped early)
+nor an evaluation arm. Its values are each factor's reference level (a factor the baseline does
+not fix: its first level in the grid that such an arm has).
+
+Arms that can be paired: those with a value of the test metric, evaluation arms (phase 2 of a
+study with `evaluate:`, tagged phase=evaluate) aside: an evaluation arm has the factor values of
+the tuning arm it re-runs but other seeds and the `evaluate.set` overrides, so it is paired with
+nothing. A searched study (`search:`) has no baseline and no comparisons at all: its tuning
+configurations are points a search sampled (1 seed each), not one-factor variations; its report
+compares tuning and evaluation scores instead (report/tuning.py).
 
 Comparisons, on the study metric, only between arms that differ in exactly one factor:
 every arm against the arm with one of its factors set back to the reference level (each method
@@ -21,6 +30,7 @@ from ..results import ACCURACY_METRICS, METRICS, SUMMARY_KEYS
 from ..values import is_finite
 from .findings import findings, question_of
 from .runs import StudyRuns, jkey
+from .selection import choose
 from .stats import ALPHA, POWER, describe, detectable_effect, family_alpha, holm, mark, paired_test, power_fields
 
 ER_MIXUP = ("er_mixup", "random")  # ER+Mixup by preset name, or by selection name
@@ -54,6 +64,8 @@ def _param(s: str):
     """A param string as MLflow keeps it -> the config value (lists, numbers, booleans, None)."""
     import yaml
 
+    if s is None:
+        return "(not logged)"  # a run without this param (e.g. logged by an older version)
     if s == "None":
         return None
     if s == "":
@@ -91,8 +103,23 @@ def _names_method(arms: list, key: str) -> bool:
     return all(len(ms) == 1 for ms in by_level.values()) and len(set(methods)) == len(methods)
 
 
-def _baseline(raw: dict, arms: list, method_key: str | None, keys: list, levels: dict) -> dict:
-    """The study's baseline and the reference level of every factor (see the module docstring)."""
+def _searched(raw: dict, runs: list, grid: dict) -> bool:
+    """A study whose arms a search sampled (`search:` in its ablation file; without the file, tuning
+    runs tagged phase=tune and no grid)."""
+    if raw:
+        return raw.get("search") is not None
+    return not grid and any(tr.tags.get("phase") == "tune" for tr in runs)
+
+
+NO_BASELINE = {"kind": "none", "name": "", "ref": {}, "method": "", "warning": None,
+               "rule": "none: a searched study's arms are not compared with one another"}
+
+
+def _baseline(raw: dict, arms: list, method_key: str | None, keys: list, levels: dict,
+              everyone: list | None = None, metric: str = "") -> dict:
+    """The study's baseline among `arms` (those that can be paired) and the reference level of every
+    factor (see the module docstring); `everyone`: all the study's arms, to say why a named one is not
+    taken."""
     methods = {a["method"] for a in arms}
     named, warning, out = raw.get("baseline"), None, None
     if named is not None:
@@ -104,6 +131,10 @@ def _baseline(raw: dict, arms: list, method_key: str | None, keys: list, levels:
             ref_value = next(a["factors"][method_key] for a in arms if a["method"] == str(named))
             out = {"kind": "method", "name": str(named), "ref": {method_key: ref_value},
                    "rule": "named by the ablation file (`baseline:`)"}
+        elif any(a["arm"] == str(named) or a["method"] == str(named) for a in everyone or []):
+            warning = (f"the ablation file's baseline {named!r} has no finished run with a value of {metric} that "
+                       f"can be paired (stopped early, or an evaluation arm); the default rule chose the baseline "
+                       f"instead")
         else:
             warning = (f"the ablation file's baseline {named!r} is neither an arm nor a swept method of this "
                        f"study; the default rule chose the baseline instead")
@@ -117,8 +148,9 @@ def _baseline(raw: dict, arms: list, method_key: str | None, keys: list, levels:
             out = {"kind": "arm", "name": arms[0]["arm"], "ref": dict(arms[0]["factors"]), "rule": rule}
         else:
             out = {"kind": "arm", "name": "", "ref": {}, "rule": rule}
-    for k in keys:  # a factor the baseline does not fix: its first level
-        out["ref"].setdefault(k, levels[k][0])
+    for k in keys:  # a factor the baseline does not fix: its first level that an arm here has
+        have = {jkey(a["factors"][k]) for a in arms if k in a["factors"]}
+        out["ref"].setdefault(k, next((v for v in levels[k] if jkey(v) in have), levels[k][0]))
     out["warning"] = warning
     out["method"] = out["name"] if out["kind"] == "method" else \
         next((a["method"] for a in arms if a["arm"] == out["name"]), "")
@@ -173,9 +205,10 @@ def _comparisons(arms: list, keys: list, levels: dict, method_key: str | None, b
     return out
 
 
-def _config(sr: StudyRuns, arms: list, ref_arm: dict | None) -> dict:
+def _config(sr: StudyRuns, arms: list, ref_arm: dict | None, ref_rule: str = "") -> dict:
     """The params every run shares (as a nested config) and, per arm, the values it sets of the
-    params that differ between arms."""
+    params that differ between arms, relative to `ref_arm` (`ref_rule`: why that arm, "" for the
+    baseline's)."""
     runs = [tr for a in arms for tr in a["runs"].values()]
     keys = sorted({k for tr in runs for k in tr.params} - {"seed"})
     shared, varying = {}, []
@@ -204,7 +237,7 @@ def _config(sr: StudyRuns, arms: list, ref_arm: dict | None) -> dict:
                      {k: v for k, v in vals.items() if jkey(v) != jkey(ref_vals.get(k))})
                for arm, vals in per_arm.items()}
     return {"shared": nested, "varying": varying, "reference_arm": ref_arm["arm"] if ref_arm else "",
-            "changes": changes}
+            "reference_rule": ref_rule if ref_arm else "", "changes": changes}
 
 
 def analyse(sr: StudyRuns) -> dict:
@@ -219,8 +252,10 @@ def analyse(sr: StudyRuns) -> dict:
     grid = grid if isinstance(grid, dict) else {}
     groups: dict[str, dict] = {}
     for tr in sr.runs:
-        a = groups.setdefault(tr.arm, {"arm": tr.arm, "method": tr.method, "factors": dict(tr.factors), "runs": {}})
+        a = groups.setdefault(tr.arm, {"arm": tr.arm, "method": tr.method, "factors": dict(tr.factors), "runs": {},
+                                       "evaluation": False})
         a["runs"][jkey(tr.seed)] = tr
+        a["evaluation"] |= tr.tags.get("phase") == "evaluate"  # phase 2: other seeds, other setup
     arms = list(groups.values())
     keys, levels = _levels(arms, grid)
     pos = {k: {jkey(v): i for i, v in enumerate(levels[k])} for k in keys}
@@ -235,10 +270,18 @@ def analyse(sr: StudyRuns) -> dict:
     kept = set(SUMMARY_KEYS) | {test_metric, metric}  # the study's metric too: what may pick a best arm
     for a in arms:
         a["values"] = {m: {s: tr.metrics.get(m) for s, tr in a["runs"].items()} for m in kept}
-    base = _baseline(raw, arms, method_key, keys, levels)
-    comparisons = _comparisons(arms, keys, levels, method_key, base, test_metric, mode)
-    ref_arm = next((a for a in arms if all(jkey(a["factors"].get(k)) == jkey(v) for k, v in base["ref"].items())),
-                   arms[0] if arms else None)
+        a["has_value"] = any(is_finite(v) for v in a["values"][test_metric].values())
+    searched = _searched(raw, sr.runs, grid)
+    # the arms one-factor comparisons may pair (module docstring): none in a searched study
+    paired = [] if searched else [a for a in arms if a["has_value"] and not a["evaluation"]]
+    if searched:
+        base = {**NO_BASELINE, "ref": {}}
+        comparisons = []
+    else:
+        base = _baseline(raw, paired, method_key, keys, levels, arms, test_metric)
+        comparisons = _comparisons(paired, keys, levels, method_key, base, test_metric, mode)
+    ref_arm = next((a for a in paired if all(jkey(a["factors"].get(k)) == jkey(v) for k, v in base["ref"].items())),
+                   paired[0] if paired else None)
 
     def same_others(a, b):
         return all(jkey(b["factors"].get(k)) == jkey(v) for k, v in a["factors"].items() if k != method_key)
@@ -246,7 +289,8 @@ def analyse(sr: StudyRuns) -> dict:
     arm_rows = []
     for a in arms:
         stats = {k: describe(list(a["values"][k].values()), k) for k in kept}
-        mix = next((b for b in arms if b["method"] in ER_MIXUP and same_others(a, b)), None) if method_key else None
+        mix = next((b for b in arms if b["method"] in ER_MIXUP and b["evaluation"] == a["evaluation"]
+                    and same_others(a, b)), None) if method_key else None  # of the same phase: same setup
         overhead = NAN
         if mix is not None:
             wb = describe(list(mix["values"]["wall_time_s"].values()))["mean"]
@@ -257,6 +301,7 @@ def analyse(sr: StudyRuns) -> dict:
                          "seeds": [tr.seed for tr in runs], "run_ids": [tr.run_id for tr in runs],
                          "per_seed": [tr.metrics.get(test_metric) for tr in runs],
                          "is_reference": ref_arm is not None and a["arm"] == ref_arm["arm"],
+                         "evaluation": a["evaluation"], "has_value": a["has_value"],
                          # an evaluation arm's rank in the tuning that chose it (report/selection.py)
                          "tune_rank": runs[0].tags.get("tune_rank") if runs[0].tags.get("phase") == "evaluate"
                          else None,
@@ -266,6 +311,14 @@ def analyse(sr: StudyRuns) -> dict:
     # arms without a value (trials a scheduler stopped early) have no seeds to count: not 0 per arm
     n_min = min((r["stats"][test_metric]["n"] for r in arm_rows if r["stats"][test_metric]["n"]), default=0)
     m = sum(is_finite(c["p"]) for c in comparisons)
+    cfg_ref, cfg_rule = ref_arm, ""
+    if searched:  # no baseline: the configuration table is relative to the arm the study's metric chooses
+        ch = choose({"metric": metric, "test_metric": test_metric, "mode": mode}, arm_rows)
+        pick = ch["arm"] or next((r for r in arm_rows if r["has_value"]), None)
+        cfg_ref = groups[pick["arm"]] if pick else None
+        cfg_rule = (f"the best arm by {ch['by']}" if ch["rule"] == "metric" else
+                    "the evaluation of the configuration ranked first in tuning" if ch["rule"] == "tune_rank" else
+                    "the first arm with a value")
     failed = [{"name": tr.name, "arm": tr.arm, "seed": tr.seed, "status": tr.status, "error": tr.error,
                "run_id": tr.run_id, "trial_id": tr.trial_id} for tr in sr.failed]
     res = {"study": sr.study, "experiment": sr.experiment, "experiment_id": sr.experiment_id,
@@ -281,7 +334,8 @@ def analyse(sr: StudyRuns) -> dict:
            "power": {"alpha": ALPHA, "family_size": m, "family_alpha": family_alpha(m), "power": POWER, "n": n_min,
                      "detectable_effect": detectable_effect(n_min, family_alpha(m))},
            "epochs": max((a["epochs"] for a in arm_rows), default=1),
-           "config": _config(sr, arms, ref_arm), "failed": failed, "accuracy_metrics": list(ACCURACY_METRICS)}
+           "config": _config(sr, arms, cfg_ref, cfg_rule), "failed": failed, "searched": searched,
+           "accuracy_metrics": list(ACCURACY_METRICS)}
     res["findings"] = findings(res)
     return res
 

@@ -46,7 +46,7 @@ def note_text(res: dict) -> str:
              "**Findings**", ""]
     if f["warning"]:
         lines += [f"Warning: {f['warning']}", ""]
-    lines += [f"- {s}" for s in f["sentences"]] + ["", f["baseline"], "",
+    lines += [f"- {s}" for s in f["sentences"]] + ["", *([f["baseline"], ""] if f["baseline"] else []),
                                                     "Full report: artifacts `report/report.html`."]
     return "\n".join(lines)
 

@@ -48,7 +48,8 @@ def figures_of(res: dict, fig_dir: Path) -> dict:
     """Draw every figure into fig_dir; returns {kind: [(path relative to the report, caption)]}."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, list] = {"dots": [], "factor": [], "matrix": [], "curve": []}
-    arms = res["arms"]
+    # arms without a value of the test metric (trials a scheduler stopped early) have nothing to draw
+    arms = [a for a in res["arms"] if a["stats"][res["test_metric"]]["n"]]
     if not arms:
         return out
     colors = method_colors(res)
@@ -68,12 +69,14 @@ def figures_of(res: dict, fig_dir: Path) -> dict:
     # the remaining factors), the band its 95% CI, the dots its seeds
     for f in res["factors"]:
         key = f["key"]
-        if key == mk or len(f["levels"]) < 2:
+        drawn = {jkey(a["factors"][key]) for a in arms if key in a["factors"] and not a.get("evaluation")}
+        levels = [v for v in f["levels"] if jkey(v) in drawn]  # the levels with a point to draw
+        if key == mk or len(levels) < 2:
             continue
-        xpos = {jkey(v): i for i, v in enumerate(f["levels"])}
+        xpos = {jkey(v): i for i, v in enumerate(levels)}
         lines: dict[str, list] = {}
-        for a in arms:
-            if key not in a["factors"]:
+        for a in arms:  # an evaluation arm would land on its tuning arm's point: other seeds, other setup
+            if key not in a["factors"] or a.get("evaluation"):
                 continue
             rest = {k: v for k, v in a["factors"].items() if k != key}
             lines.setdefault(jkey(sorted(rest.items())), []).append(a)
@@ -89,7 +92,7 @@ def figures_of(res: dict, fig_dir: Path) -> dict:
                            "high": {m: [_clean(a["stats"][m]["ci_high"]) for a in pts] for m in metrics},
                            "seeds": {m: [a["stats"][m]["values"] for a in pts] for m in metrics}})
         name = f"factor_{slug(key)}.png"
-        figures.draw_factor_bands(series, [(m, panel_title(m)) for m in metrics], [str(v) for v in f["levels"]],
+        figures.draw_factor_bands(series, [(m, panel_title(m)) for m in metrics], [str(v) for v in levels],
                                   key, f"{res['study']}: mean over seeds, band = 95% CI, dots = seeds",
                                   fig_dir / name, ranges={m: metric_range(m) for m in metrics})
         out["factor"].append((f"figures/{name}", f"metrics against {key} (mean, 95% CI band, seeds)"))
@@ -109,7 +112,7 @@ def _curves(res: dict, fig_dir: Path) -> list:
     mk = res["method_key"]
     groups: dict[str, list] = {}
     for a in res["arms"]:
-        if a["curve"]["steps"]:
+        if a["curve"]["steps"] and a["stats"][res["test_metric"]]["n"]:
             groups.setdefault(jkey([o for o in a["others"]]), []).append(a)
     if not groups:
         return []

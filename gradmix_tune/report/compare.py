@@ -6,7 +6,9 @@ report/selection.py: a searched study's validation metric, not the test score sh
 Holm mark of the arm's paired difference from the common baseline (the first study's baseline
 method at the same other factor values; Holm over every such row of every study). Aggregate over
 studies (rliable): the mean of the per-study means and the mean probability of improvement over
-the baseline, each with a stratified bootstrap interval (seeds resampled within each study).
+the baseline, each with a stratified bootstrap interval (seeds resampled within each study). When
+the first study is a searched one (it has no baseline: report/analysis.py) nothing is paired: the
+table sets the shared arms' scores side by side.
 """
 from __future__ import annotations
 
@@ -197,12 +199,19 @@ def build_comparison(studies: list[str], tracking_uri: str | None = None, out_di
         if r["question"]:
             d.quote(f"**{r['study']}**: {r['question']}")
     if 0 < cmp["n_min"] < 5:
-        d.p(f"**Warning:** as few as {cmp['n_min']} seeds per arm (fewer than 5): intervals and p-values are rough.",
-            cls="warn")
+        n = cmp["n_min"]
+        d.p(f"**Warning:** as few as {n} seed{'' if n == 1 else 's'} per arm (fewer than 5): intervals and p-values "
+            "are rough.", cls="warn")
     d.bullets(cmp["findings"])
-    d.p(f"Common baseline: {cmp['baseline']} (the first study's; its rule: {results[0]['baseline']['rule']}). "
-        "Differences are paired by seed within each study; Holm correction over every row of the comparisons "
-        "table (all studies together).")
+    unpaired = results[0]["baseline"]["kind"] == "none"  # a searched study: nothing is paired
+    if unpaired:
+        d.p(f"No common baseline: {results[0]['study']}, the first study, is a searched study, whose arms are not "
+            "paired by seed (its report's Tuning vs evaluation compares tuning and evaluation scores); the table "
+            "sets each shared arm's scores side by side.")
+    else:
+        d.p(f"Common baseline: {cmp['baseline']} (the first study's; its rule: {results[0]['baseline']['rule']}). "
+            "Differences are paired by seed within each study; Holm correction over every row of the comparisons "
+            "table (all studies together).")
     d.h(2, "Results")
     rows = []
     for t in cmp["table"]:
@@ -220,15 +229,21 @@ def build_comparison(studies: list[str], tracking_uri: str | None = None, out_di
         + (f" Arms not in every study (left out): {', '.join(cmp['only_in_some'])}." if cmp["only_in_some"] else ""))
     d.img("figures/seeds.png", "every seed per arm and study, with the mean and its 95% CI")
     d.h(2, "Probability of improvement over the baseline (aggregate)")
-    d.table(["comparison", "at", "P(improvement), mean over studies", "95% CI (stratified bootstrap)",
-             "significant in"],
-            [[p["label"], p["at"] or "-", f"{p['poi']:.2f}", interval(p["poi_low"], p["poi_high"], 2),
-              ", ".join(p["significant_in"]) or "none"] for p in cmp["pairs"]])
+    if unpaired:
+        d.p("None: no common baseline (see Findings).")
+    else:
+        d.table(["comparison", "at", "P(improvement), mean over studies", "95% CI (stratified bootstrap)",
+                 "significant in"],
+                [[p["label"], p["at"] or "-", f"{p['poi']:.2f}", interval(p["poi_low"], p["poi_high"], 2),
+                  ", ".join(p["significant_in"]) or "none"] for p in cmp["pairs"]])
     d.h(2, "Comparisons per study")
-    d.table(["study", "comparison", "at", "n", "diff (95% CI, Holm p over all studies)", "P(improvement)", "p"],
-            [[c["study"], c["label"], c["at"] or "-", c["n"],
-              clause(c, c["metric"], marks=True),
-              f"{c['poi']:.2f}" if is_finite(c["poi"]) else "n/a", pval(c["p"])] for c in cmp["comparisons"]])
+    if unpaired:
+        d.p("None: no common baseline (see Findings).")
+    else:
+        d.table(["study", "comparison", "at", "n", "diff (95% CI, Holm p over all studies)", "P(improvement)", "p"],
+                [[c["study"], c["label"], c["at"] or "-", c["n"],
+                  clause(c, c["metric"], marks=True),
+                  f"{c['poi']:.2f}" if is_finite(c["poi"]) else "n/a", pval(c["p"])] for c in cmp["comparisons"]])
     d.h(2, "Studies")
     d.table(["study", "experiment", "parent run", "arms", "runs"],
             [[r["study"], r["experiment"], Link(r["parent_run_id"], run_url(uri, r["experiment_id"],

@@ -186,9 +186,24 @@ def findings_section(d: Doc, ctx: Context) -> None:
     if f["warning"]:
         d.p(f"**Warning:** {f['warning']}", cls="warn")
     d.bullets(f["sentences"])
-    d.p(f["baseline"] + " Differences are arm − other on the study metric, paired by seed; 95% CI from the "
-        "t-distribution; Holm p = Holm-Bonferroni adjusted over all comparisons of the study "
-        "(* < 0.05, ** < 0.01, *** < 0.001).")
+    if f["baseline"]:  # a searched study has none (its bullets say why nothing is paired)
+        d.p(f["baseline"] + " Differences are arm − other on the study metric, paired by seed; 95% CI from the "
+            "t-distribution; Holm p = Holm-Bonferroni adjusted over all comparisons of the study "
+            "(* < 0.05, ** < 0.01, *** < 0.001).")
+
+
+def shown_arms(res: dict) -> list[dict]:
+    """The arms with a value of the test metric (the others, e.g. trials a scheduler stopped early,
+    have nothing to show but their runs)."""
+    return [a for a in res["arms"] if a["stats"][res["test_metric"]]["n"]]
+
+
+def _left_out(d: Doc, res: dict) -> None:
+    empty = [a["arm"] for a in res["arms"] if not a["stats"][res["test_metric"]]["n"]]
+    if empty:
+        names = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        d.p(f"Left out: {len(empty)} arm{'' if len(empty) == 1 else 's'} without a value of `{res['test_metric']}` "
+            f"(stopped early, or ended without it): {names}; their runs are listed under Runs.")
 
 
 def study_section(d: Doc, ctx: Context) -> None:
@@ -212,7 +227,7 @@ def results_section(d: Doc, ctx: Context) -> None:
         "to the metric's range; bootstrap: percentile interval over 9,999 resamples of the seeds "
         "(scipy.stats.bootstrap), which cannot leave the range of the seeds' values.")
     rows = []
-    for a in r["arms"]:
+    for a in shown_arms(r):
         st = a["stats"][m]
         vals = ", ".join(f"{s}: {_f(v, 3)}" for s, v in zip(a["seeds"], a["per_seed"]))
         rows.append([a["arm"] + (" (reference)" if a["is_reference"] else ""), st["n"], ms(st),
@@ -224,7 +239,8 @@ def results_section(d: Doc, ctx: Context) -> None:
     d.p("The other metrics (mean ± std [95% CI, t, clipped]):")
     d.table(["arm"] + [LABELS[k] for k in rest],
             [[a["arm"]] + [f"{ms(a['stats'][k])} {interval(a['stats'][k]['ci_low'], a['stats'][k]['ci_high'])}"
-                           for k in rest] for a in r["arms"]])
+                           for k in rest] for a in shown_arms(r)])
+    _left_out(d, r)
     for rel, cap in ctx.figs.get("dots", []):
         d.img(rel, cap)
 
@@ -233,6 +249,17 @@ def comparisons_section(d: Doc, ctx: Context) -> None:
     r, m = ctx.res, ctx.res["test_metric"]
     pw = r["power"]
     d.h(2, "Comparisons")
+    if r["findings"].get("no_pairs"):  # a searched study: nothing is paired
+        d.p(r["findings"]["no_pairs"])
+        return
+    evals = [a["arm"] for a in r["arms"] if a.get("evaluation")]
+    if evals:
+        d.p(f"Evaluation arms ({', '.join(evals)}) are not compared here: they ran other seeds (and the "
+            "`evaluate.set` overrides) than the arms they re-run, so they are paired with none; see Tuning vs "
+            "evaluation.")
+    if not r["comparisons"]:
+        d.p("No two arms with a value of the study metric differ in exactly one factor: nothing to compare.")
+        return
     d.p(f"Only arms that differ in one factor; diff = arm − other on `{m}`, paired by seed. Each arm is "
         "compared with the arm that has one of its factors at the reference level (the baseline's), and "
         "GradMix with every other method at the same values of the other factors. p: paired t-test "
@@ -295,7 +322,9 @@ def config_section(d: Doc, ctx: Context) -> None:
         d.code(block_yaml(cfg["shared"]), "yaml")
     if cfg["varying"]:
         d.p(f"What each arm changes: the params that differ between arms, relative to the reference arm "
-            f"`{cfg['reference_arm']}` (all its values shown).")
+            f"`{cfg['reference_arm']}` (all its values shown)." if not cfg.get("reference_rule") else
+            f"What each arm changes: the params that differ between arms, relative to `{cfg['reference_arm']}` "
+            f"({cfg['reference_rule']}; all its values shown).")
         d.table(["arm", "sets"], [[arm, ", ".join(f"{k}: {v}" for k, v in ch.items()) or "(as the reference)"]
                                   for arm, ch in cfg["changes"].items()])
     if ctx.res["ablation_text"]:
@@ -322,7 +351,7 @@ def curves_section(d: Doc, ctx: Context) -> None:
     d.table(["arm", "epochs", "peak epoch", "peak acc", "final acc", "drop", "mean task drop"],
             [[a["arm"], len(a["curve"]["steps"]), a["curve"]["peak_epoch"] or "n/a", _f(a["curve"]["peak_acc"]),
               _f(a["curve"]["final_acc"]), _f(a["curve"]["drop"]), _f(a["curve"]["mean_task_drop"])]
-             for a in r["arms"]])
+             for a in shown_arms(r)])
     for rel, cap in ctx.figs.get("curve", []):
         d.img(rel, cap)
 
@@ -338,10 +367,11 @@ def wall_time_section(d: Doc, ctx: Context) -> None:
     d.p("Training time per trial (seconds, mean ± std)" + (
         "; overhead = mean time of the arm / mean time of ER+Mixup (er_mixup) at the same other factor values."
         if has else "."))
+    timed = [a for a in r["arms"] if a["stats"]["wall_time_s"]["n"] or a["stats"][r["test_metric"]]["n"]]
     d.table(["arm", "method", "wall time (s)"] + (["overhead vs ER+Mixup"] if has else []),
             [[a["arm"], a["method"], ms(a["stats"]["wall_time_s"], 2)]
              + ([_f(a["overhead_vs_er_mixup"], 2) + ("×" if is_finite(a["overhead_vs_er_mixup"]) else "")]
-                if has else []) for a in r["arms"]])
+                if has else []) for a in timed])
 
 
 def failed_section(d: Doc, ctx: Context) -> None:

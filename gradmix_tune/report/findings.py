@@ -7,7 +7,9 @@ the same factor level against its reference) with its differences, 95% t-interva
 Holm-adjusted p-values, and "not
 distinguishable from noise with N seeds" when no adjusted p is below 0.05; and what the seeds
 allow (the smallest standardized effect 80% power reaches, the seeds the largest open
-difference needs). Nothing here reads MLflow or draws.
+difference needs). A searched study (`search:`) has no comparisons: its findings are the best arm
+and one sentence saying why no two arms are paired (`no_pairs_sentence`), its warning about the
+evaluation's seeds, and no baseline. Nothing here reads MLflow or draws.
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def clause(c: dict, metric: str, marks: bool = False) -> str:
     """'+0.012 (95% CI -0.030 to +0.054, Holm p = 0.84)' of one comparison (with its
     significance mark: for tables; sentences say it in words)."""
     d = num(c["mean_diff"], metric, True)
+    if c["n"] == 0:
+        return "no paired difference (the two arms share no seed with a value)"
     if c["n"] < 2:
         return f"{d} ({c['n']} paired seed: no interval, no test)"
     if not is_finite(c["p_holm"]):
@@ -81,14 +85,15 @@ def _group_sentence(group: list[dict], res: dict) -> str:
         where = f" at {c0['at']}" if c0["at"] else ""
         body = f"{head}{where} on {LABELS.get(metric, metric)}: {clause(c0, metric)}"
     elif len(group) <= MAX_LISTED:
-        items = [f"{clause(c, metric)} at {c['at']}" for c in group]
+        items = [clause(c, metric) + (f" at {c['at']}" if c["at"] else "") for c in group]
         body = f"{head} on {LABELS.get(metric, metric)}: " + "; ".join(items)
     else:
         diffs = [c["mean_diff"] for c in group if is_finite(c["mean_diff"])]
         big = max(group, key=lambda c: abs(c["mean_diff"]) if is_finite(c["mean_diff"]) else -1)
         body = (f"{head} on {LABELS.get(metric, metric)}, in {len(group)} settings of the other factors: mean "
                 f"differences from {num(min(diffs, default=math.nan), metric, True)} to "
-                f"{num(max(diffs, default=math.nan), metric, True)}, the largest {clause(big, metric)} at {big['at']}")
+                f"{num(max(diffs, default=math.nan), metric, True)}, the largest {clause(big, metric)}"
+                + (f" at {big['at']}" if big["at"] else ""))
     if all(c["n"] < 2 for c in group):
         return body + "." if len(group) == 1 else body + ": no test is possible with 1 seed."
     if not sig:
@@ -179,8 +184,50 @@ def _power_sentence(res: dict) -> str:
     return s + "."
 
 
+def _tuning_arms(res: dict) -> list[dict]:
+    return [a for a in res["arms"] if not a.get("evaluation") and a["stats"][res["test_metric"]]["n"]]
+
+
+def no_pairs_sentence(res: dict) -> str:
+    """Why a searched study has no paired tests, in one sentence (its Findings and Comparisons)."""
+    k = max((a["stats"][res["test_metric"]]["n"] for a in _tuning_arms(res)), default=1)
+    each = "1 seed each" if k <= 1 else f"at most {k} seeds each"
+    if any(a.get("evaluation") for a in res["arms"]):
+        return ("No paired tests between arms: a search's tuning configurations are sampled points "
+                f"({each}), not one-factor changes of a baseline, and each evaluation arm ran other seeds and "
+                "another setup (`evaluate.set`) than the tuning run it repeats; the comparison that matters is "
+                "the tuning score against the evaluation score with its 95% CI, under Tuning vs evaluation.")
+    return ("No paired tests between arms: a search's tuning configurations are sampled points "
+            f"({each}), not one-factor changes of a baseline, so no two arms are paired by seed; an `evaluate:` "
+            "phase would re-run the chosen configuration on fresh seeds (see Tuning vs evaluation).")
+
+
+def _searched_warning(res: dict) -> str:
+    """A searched study's seeds warning: about its evaluation (the score to report), not its
+    tuning configurations, which run 1 seed each by design."""
+    m = res["test_metric"]
+    ev = [a["stats"][m]["n"] for a in res["arms"] if a.get("evaluation") and a["stats"][m]["n"]]
+    if ev:
+        n = min(ev)
+        if n == 1:
+            return "Only 1 evaluation seed per chosen configuration: its test score has no interval."
+        return (f"Only {n} evaluation seeds per chosen configuration (fewer than {FEW_SEEDS}): its t-interval is "
+                "wide, its bootstrap interval too narrow (it can only resample these seeds) and the optimism gap "
+                "rough." if n < FEW_SEEDS else "")
+    if not _tuning_arms(res):
+        return ""
+    return ("No evaluation phase: the chosen configuration's test score comes from the tuning runs it was chosen "
+            "on, and has no interval." if max(a["stats"][m]["n"] for a in _tuning_arms(res)) < 2 else
+            "No evaluation phase: the chosen configuration's test score comes from the tuning runs it was chosen on.")
+
+
 def findings(res: dict) -> dict:
-    """{"question", "sentences" (2-6), "warning" (n < 5, else ""), "baseline" (which and why)}."""
+    """{"question", "sentences" (2-6), "warning" (n < 5, else ""), "baseline" (which and why; "" in a
+    searched study, which has none), "no_pairs" (why a searched study has no paired tests, else "")}."""
+    if res.get("searched"):
+        no_pairs = no_pairs_sentence(res)
+        return {"question": res["question"], "sentences": [_best_sentence(res), no_pairs],
+                "warning": _searched_warning(res), "baseline": "", "no_pairs": no_pairs}
     groups: dict[tuple, list] = {}
     for c in res["comparisons"]:
         groups.setdefault(_group_key(c), []).append(c)
@@ -201,7 +248,7 @@ def findings(res: dict) -> dict:
         sig = sum(_significant(c, res["power"]["alpha"]) for c in rest)
         sentences.append(f"Of the other {len(rest)} comparisons (of {len(res['comparisons'])}, listed under "
                          f"Comparisons), {sig} {'is' if sig == 1 else 'are'} significant after Holm correction.")
-    if res["arms"]:
+    if res["power"]["n"]:  # no arm with a value: the first sentence says so, there is no power to state
         sentences.append(_power_sentence(res))
     n = res["n_min"]
     warning = (f"Only {n} seeds per arm (fewer than {FEW_SEEDS}): t-intervals are wide, bootstrap intervals too "
@@ -210,4 +257,5 @@ def findings(res: dict) -> dict:
                if n == 1 else "")
     who = f"the arm {base['name']}" if base["kind"] == "arm" else f"the method {base['name']}"
     line = f"Baseline: {who} ({base['rule']})." + (f" Note: {base['warning']}." if base.get("warning") else "")
-    return {"question": res["question"], "sentences": sentences, "warning": warning, "baseline": line}
+    return {"question": res["question"], "sentences": sentences, "warning": warning, "baseline": line,
+            "no_pairs": ""}

@@ -87,7 +87,7 @@ def test_a_choice_made_on_test_data_is_flagged_in_red(tmp_path):
     s = section((folder / "report.md").read_text())
     assert "⚠" in s and "TEST split" in s and "allow_test_metric: true" in s
     page = (folder / "report.html").read_text()
-    flag = page[page.index("Tuning vs evaluation"):]
+    flag = page[page.index("<h2>Tuning vs evaluation"):]  # the section (the findings name it too)
     assert "color:#a40000" in flag.split("</p>")[0] and "TEST split" in flag.split("</p>")[0]
 
 
