@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/step_time.py            # a few hundred steps per case
     .venv/bin/python benchmarks/step_time.py --quick    # a short run (smoke test)
+    .venv/bin/python benchmarks/step_time.py --models mlp --repeats 5   # one case, more timings
 
 Cases: mlp on MNIST shape (real MNIST when <data root>/MNIST/raw exists, else random tensors of
 that shape) and reduced_resnet18 on CIFAR shape (random 3x32x32 tensors, 10 classes). A batch is
@@ -9,12 +10,16 @@ that shape) and reduced_resnet18 on CIFAR shape (random 3x32x32 tensors, 10 clas
 
 Columns, all measured in this one run on the same model, optimizer and batch size:
   pure        forward + cross-entropy + backward + optimizer step on one fixed 20-sample batch
-  _step       Learner._step: replay sampling and concatenation, then the same step
-  train_task  Learner.train_task on a task of exactly `steps` batches: index slicing, _step, buffer
-              insertion, loss bookkeeping and the end-of-task evaluation (small test set)
+  _step       Learner._batch + Learner._step, step by step (the path of every method but plain ER):
+              replay sampling and the batch's gather, then the same step
+  train_task  Learner.train_task on a task of exactly `steps` batches: the batches (plain ER: a chunk
+              of steps planned ahead, gathered in one index op), _step, buffer insertion, loss
+              bookkeeping and the end-of-task evaluation (small test set)
   overhead    pure / train_task steps per second (1.0 = the loop costs nothing on top)
 Each number is the best of --repeats timings, the cases interleaved, to damp noise from other
-processes. Threads default to 1 (shared machines); --threads 0 keeps torch's default.
+processes. Threads default to 1 (shared machines); --threads 0 keeps torch's default. --clock cpu
+times this process's CPU seconds instead of wall seconds: on cores shared with other jobs it
+leaves out the time spent waiting for a core (with one thread; more threads add up their CPU time).
 """
 from __future__ import annotations
 
@@ -85,18 +90,18 @@ def sync(device: torch.device) -> None:
 class Case:
     """One model + benchmark, its Learner with a pre-filled buffer, and the three timers."""
 
-    def __init__(self, name, source, cfg, bench, task, steps):
-        self.name, self.source, self.steps, self.task = name, source, steps, task
+    def __init__(self, name, source, cfg, bench, task, steps, clock=time.perf_counter):
+        self.name, self.source, self.steps, self.task, self.clock = name, source, steps, task, clock
         self.learner = Learner(cfg, bench)
         lr, b = self.learner, self.learner.bench
         idx0 = b.task_indices("train", 0)
-        lr.buffer.add(b.train.x[idx0], b.train.y[idx0], 0)  # the buffer holds task 0: every step replays
+        lr.buffer.add_rows(idx0.tolist(), b.train.y[idx0].tolist(), 0)  # it holds task 0: every step replays
         self.task_idx = b.task_indices("train", task)
         assert len(self.task_idx) == steps * BATCH, (len(self.task_idx), steps)
         new = self.task_idx[:BATCH]
-        old = lr.buffer.sample(REPLAY, torch.Generator().manual_seed(0)).to(lr.device)
-        self.x = torch.cat([b.train.x[new], lr.buffer.x[old]])
-        self.y = torch.cat([b.train.y[new], lr.buffer.y[old]])
+        rx, ry = lr.buffer.gather(lr.buffer.sample(REPLAY, torch.Generator().manual_seed(0)))
+        self.x = torch.cat([b.train.x[new], rx])
+        self.y = torch.cat([b.train.y[new], ry])
         self.best = {"pure": float("inf"), "_step": float("inf"), "train_task": float("inf")}
         self.warmup()
 
@@ -115,12 +120,13 @@ class Case:
         float(loss.detach())
 
     def step_only(self, n: int) -> None:
-        lr, b = self.learner, self.learner.bench
+        lr = self.learner
         lr.model.train()
         total = torch.zeros((), device=lr.device)
         for i in range(n):
             j = self.task_idx[(i * BATCH) % len(self.task_idx):][:BATCH]
-            total += lr._step(b.train.x[j], b.train.y[j], self.task, new_epoch=(i == 0))
+            x, y = lr._batch(j, self.task)
+            total += lr._step(x, y, self.task, new_epoch=(i == 0))
         float(total)
 
     def train_task(self) -> None:
@@ -128,11 +134,11 @@ class Case:
 
     def time(self, what: str) -> None:
         sync(self.learner.device)
-        t0 = time.perf_counter()
+        t0 = self.clock()
         {"pure": lambda: self.pure(self.steps), "_step": lambda: self.step_only(self.steps),
          "train_task": self.train_task}[what]()
         sync(self.learner.device)
-        self.best[what] = min(self.best[what], time.perf_counter() - t0)
+        self.best[what] = min(self.best[what], self.clock() - t0)
 
     def rate(self, what: str) -> float:
         return self.steps / self.best[what]
@@ -145,11 +151,20 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--repeats", type=int, default=None, help="timings per number (best is kept)")
+    p.add_argument("--models", default="mlp,reduced_resnet18", help="comma-separated cases to run")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this process's CPU time, steadier than wall time when other jobs share the cores")
     args = p.parse_args(argv)
     mlp_steps, resnet_steps = (100, 30) if args.quick else (500, 200)
     repeats = args.repeats or (1 if args.quick else 2)
 
-    cases = [Case(*mlp_case(args, mlp_steps), mlp_steps), Case(*resnet_case(args, resnet_steps), resnet_steps)]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    known = {"mlp": lambda: Case(*mlp_case(args, mlp_steps), mlp_steps, clock),
+             "reduced_resnet18": lambda: Case(*resnet_case(args, resnet_steps), resnet_steps, clock)}
+    names = [m for m in args.models.split(",") if m]
+    if unknown := [m for m in names if m not in known]:
+        p.error(f"unknown --models {unknown}: choose from {sorted(known)}")
+    cases = [known[m]() for m in names]
     for _ in range(repeats):
         for c in cases:
             for what in ("pure", "_step", "train_task"):
@@ -158,7 +173,7 @@ def main(argv=None) -> int:
     dev = cases[0].learner.device
     print(f"step time, {'quick' if args.quick else 'full'} run: batch = {BATCH} new + {REPLAY} replayed, SGD, "
           f"device {dev}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{platform.processor() or platform.machine()}, best of {repeats}\n")
+          f"{platform.processor() or platform.machine()}, best of {repeats}, {args.clock} clock\n")
     print("| model | data | steps | pure steps/s | `_step` steps/s | `train_task` steps/s | overhead (pure / train_task) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for c in cases:

@@ -9,7 +9,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from .losses import proxy_contrastive_loss, proxy_drift, proxy_logits
 from .memory import Buffer, draw_probes, retrieve
 from .mixing import MixContext, Mixer
 from .models import build_model
+
+
+CHUNK_BYTES = 16 << 20  # plain ER gathers its batches a chunk of steps at a time (Learner._batches)
 
 
 class DivergedError(RuntimeError):
@@ -114,7 +117,9 @@ class Learner:
         else:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # every sampling decision draws from it
-        self.buffer = Buffer(cfg.memory.size, cfg.memory.policy, seed=cfg.seed)
+        # the buffer stores rows of the training tensors: a replay batch is gathered straight from them
+        self.buffer = Buffer(cfg.memory.size, cfg.memory.policy, seed=cfg.seed,
+                             source=(self.bench.train.x, self.bench.train.y))
         self.mixer = Mixer(cfg.mixing, self.bench.num_classes, cfg.seed, cfg.train.loss, cfg.train.temperature)
         self.policy = (PolicyAugment(cfg.augment.policy, self.bench.mean, self.bench.std, cfg.seed)
                        if cfg.augment.policy != "none" else None)
@@ -177,16 +182,72 @@ class Learner:
         return draw_probes(self.buffer, self.bench.train.x, self._by_class, self.bench.task_classes[self.next_task],
                            k, self.mixer.rng, buffer_k)
 
+    def _batch(self, rows: torch.Tensor, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training batch: the current samples (`rows` of the training tensors) and the replayed
+        ones. The buffer stores rows too, so both are gathered in one index op per tensor."""
+        data, m = self.bench.train, self.cfg.memory
+        if not self._replays():
+            return data.x.index_select(0, rows), data.y.index_select(0, rows)
+        x = y = None
+        if m.retrieval != "random":  # the scored rules look at the current batch
+            x, y = data.x.index_select(0, rows), data.y.index_select(0, rows)
+        bi = retrieve(self.model, self.buffer, x, y, m.replay_batch_size, m.retrieval, m.retrieval_candidates,
+                      task, self.gen, self.cfg.train.lr, m.retrieval_virtual_update, self.cfg.train.loss,
+                      self.cfg.train.temperature)
+        rows = torch.cat([rows, self.buffer.rows.index_select(0, bi).to(rows.device)])
+        return data.x.index_select(0, rows), data.y.index_select(0, rows)
+
+    def _replays(self) -> bool:
+        m = self.cfg.memory
+        return m.size > 0 and len(self.buffer) > 0 and m.replay_batch_size > 0
+
+    def _plannable(self) -> bool:
+        """Plain ER: in a step only the replay sampling draws from self.gen (no augmentation draws
+        after it) and nothing reads the buffer or the model before the update (random replay; no
+        mixer, whose probes read the buffer), so an epoch's batches can be made ahead of its steps."""
+        c = self.cfg
+        return (c.memory.retrieval == "random" and c.mixing.selection == "none" and not self.bench.augment
+                and self.policy is None)
+
+    def _batches(self, perm: torch.Tensor, task: int, offer: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's training batches in order: `train.batch_size` current samples a step (rows of
+        the training tensors, from `perm`) and the replayed ones. offer: each step's current samples
+        are offered to the buffer once the step is trained."""
+        bs, data, host = self.cfg.train.batch_size, self.bench.train, perm.cpu()
+        if offer:  # host-side once an epoch: the buffer's bookkeeping needs no per-step device sync
+            rows, labels = host.tolist(), data.y[perm].tolist()
+        if not self._plannable():
+            for i in range(0, len(perm), bs):
+                yield self._batch(perm[i:i + bs], task)
+                if offer:
+                    self.buffer.add_rows(rows[i:i + bs], labels[i:i + bs], task)
+            return
+        # Plain ER: for a chunk of steps, draw the replay slots and make the buffer's insertions
+        # ahead of training, in the order the steps would (the same draws from the same RNGs:
+        # self.gen for replay, the buffer's own for insertion), then gather the chunk's batches
+        # in one index op and train on views of it. Per step that leaves a few Python-level
+        # operations on host arrays instead of several tensor ops. A chunk gathers at most about
+        # CHUNK_BYTES (fewer, longer chunks switch less between planning and training).
+        host, r = host.numpy(), self.cfg.memory.replay_batch_size
+        chunk = bs * max(1, CHUNK_BYTES // ((bs + r) * data.x[0].numel() * data.x.element_size()))
+        for start in range(0, len(perm), chunk):
+            parts, sizes = [], []  # host-side numpy: cheaper than tensor ops at this size
+            table = self.buffer.rows.numpy()  # each slot's row (a view: insertions show)
+            for i in range(start, min(start + chunk, len(perm)), bs):
+                parts.append(host[i:i + bs])
+                if self._replays():  # what `retrieve` does for random replay
+                    parts.append(table[self.buffer.sample(r, self.gen).numpy()])
+                    sizes.append(len(parts[-2]) + len(parts[-1]))
+                else:
+                    sizes.append(len(parts[-1]))
+                if offer:
+                    self.buffer.add_rows(rows[i:i + bs], labels[i:i + bs], task)
+            idx = torch.from_numpy(np.concatenate(parts)).to(self.device)
+            yield from zip(data.x.index_select(0, idx).split(sizes), data.y.index_select(0, idx).split(sizes))
+
     def _step(self, x: torch.Tensor, y: torch.Tensor, task: int, new_epoch: bool) -> torch.Tensor:
+        """One update on the batch (x, y) (`_batch`: replay included): augment, mix, descend."""
         cfg = self.cfg
-        if cfg.memory.size > 0 and len(self.buffer) > 0 and cfg.memory.replay_batch_size > 0:
-            m = cfg.memory
-            bi = retrieve(self.model, self.buffer, x, y, m.replay_batch_size, m.retrieval,
-                          m.retrieval_candidates, task, self.gen, cfg.train.lr, m.retrieval_virtual_update,
-                          cfg.train.loss, cfg.train.temperature)
-            bi = bi.to(self.device)
-            x = torch.cat([x, self.buffer.x[bi]])
-            y = torch.cat([y, self.buffer.y[bi]])
         if self.bench.augment:
             x = augment_batch(x, self.gen)
         if self.policy is not None:
@@ -226,18 +287,13 @@ class Learner:
         for epoch in range(cfg.train.epochs):
             t0 = time.perf_counter()
             perm = self._task_idx[torch.randperm(len(self._task_idx), generator=self.gen).to(self.device)]
-            # one gather per epoch: every batch below is a contiguous slice (a view, no copy)
-            xs, ys = bench.train.x[perm], bench.train.y[perm]
-            bs = cfg.train.batch_size
+            offer = epoch == 0 and cfg.memory.size > 0  # each sample is offered to the buffer once
             losses = []  # summed once at the end: no per-step sync with the device
-            for i in range(0, len(perm), bs):
-                x, y = xs[i:i + bs], ys[i:i + bs]
+            for i, (x, y) in enumerate(self._batches(perm, task, offer)):
                 losses.append(self._step(x, y, task, new_epoch=(i == 0)))
                 if len(losses) % 100 == 0 and not torch.isfinite(losses[-1]):  # a sync every 100 steps
                     raise DivergedError(f"loss became {float(losses[-1])} in task {task}, epoch {epoch}: "
                                         "lower train.lr or check the data")
-                if epoch == 0 and cfg.memory.size > 0:
-                    self.buffer.add(x, y, task)  # each sample is offered to the buffer once
             loss = float(torch.stack(losses).mean()) if losses else float("nan")
             if not math.isfinite(loss):
                 raise DivergedError(f"loss became {loss} in task {task}, epoch {epoch}: lower train.lr "

@@ -1,4 +1,6 @@
 """The CIL loop on digits: every method preset runs, checkpoints resume exactly, NaN stops."""
+import io
+
 import pytest
 import torch
 
@@ -79,3 +81,49 @@ def test_buffer_holds_old_classes_and_finetuning_has_none():
     ft = Learner(load_config(None, ["data.tasks=2", "method=finetune"]))
     ft.train_task(0, Hooks())
     assert len(ft.buffer) == 0
+
+
+def _trained(cfg, per_step=False):
+    """Every task trained; per_step: plain ER's batches made step by step instead of planned a
+    chunk of steps ahead (see Learner._batches)."""
+    learner = Learner(cfg)
+    if per_step:
+        learner._plannable = lambda: False
+    for t in range(learner.num_tasks):
+        learner.train_task(t, Hooks())
+    return learner
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    ["memory.size=25", "train.batch_size=7", "memory.replay_batch_size=9", "train.epochs=2"],  # fills mid-task
+    ["memory.policy=class_balanced", "memory.size=30", "data.val_fraction=0.2"],
+])
+def test_plain_er_planned_ahead_trains_exactly_as_step_by_step(extra, monkeypatch):
+    monkeypatch.setattr("gradmix_tune.learner.CHUNK_BYTES", 20_000)  # several chunks a task
+    cfg = load_config(None, ["data.tasks=3", *extra])
+    planned, stepwise = _trained(cfg), _trained(cfg, per_step=True)
+    assert planned._plannable() and planned.acc == stepwise.acc
+    assert [e["loss"] for e in planned.epochs] == [e["loss"] for e in stepwise.epochs]
+    for (k, a), b in zip(planned.model.state_dict().items(), stepwise.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert torch.equal(planned.buffer.rows, stepwise.buffer.rows) and planned.buffer.seen == stepwise.buffer.seen
+    assert torch.equal(planned.gen.get_state(), stepwise.gen.get_state())
+
+
+def test_resuming_from_a_checkpoint_whose_buffer_holds_copies():
+    # checkpoints from before the buffer stored rows of the training data: the rows are found again
+    cfg = load_config(None, ["data.tasks=3", "memory.size=60"])
+    full = run(cfg)
+    saved = {}
+
+    def keep_first(rec, learner):
+        if rec.task == 0:  # a serialised copy, as a trainable writes it, less the buffer's rows
+            f = io.BytesIO()
+            torch.save(learner.state_dict(), f)
+            f.seek(0)
+            saved["state"] = torch.load(f, weights_only=True)
+            del saved["state"]["buffer"]["rows"]
+
+    run(cfg, Hooks(on_task=keep_first))
+    assert run(cfg, resume=saved["state"]).accuracy_matrix == full.accuracy_matrix

@@ -1,6 +1,7 @@
 """Replay buffers: reservoir sampling is uniform, class-balanced stays balanced, checkpoints continue."""
 import io
 import json
+import random
 from collections import Counter
 
 import numpy as np
@@ -190,3 +191,137 @@ def test_state_dict_of_a_partly_filled_and_an_empty_buffer():
     fill(empty, [0] * 50)
     fill(c, [0] * 50)
     assert stored_ids(empty) == stored_ids(c)
+
+
+# ---------------------------------------------------------------- decisions, rows, old checkpoints
+
+class OneAtATime:
+    """The buffer's decisions as they were first written: each sample offered on its own, the
+    class-balanced eviction scanning every slot. The batched buffer must make the same draws
+    from its RNG and keep the same samples in the same slots."""
+
+    def __init__(self, size, policy, seed):
+        self.size, self.policy, self.rng = size, policy, random.Random(seed)
+        self.n = self.seen = 0
+        self.slots = [None] * size  # (sample id, label, task)
+        self.counts, self.class_seen = {}, {}
+
+    def offer(self, sid, label, task):
+        self.class_seen[label] = self.class_seen.get(label, 0) + 1
+        slot = self._slot(label)
+        self.seen += 1
+        if slot is None:
+            return
+        if slot < self.n:
+            old = self.slots[slot][1]
+            self.counts[old] -= 1
+            if self.counts[old] == 0:
+                del self.counts[old]
+        else:
+            self.n += 1
+        self.slots[slot] = (sid, label, task)
+        self.counts[label] = self.counts.get(label, 0) + 1
+
+    def _slot(self, label):
+        if self.n < self.size:
+            return self.n
+        if self.policy == "reservoir":
+            j = self.rng.randint(0, self.seen)
+            return j if j < self.size else None
+        largest = max(self.counts.values())
+        if self.counts.get(label, 0) >= largest:
+            if self.rng.random() >= self.counts[label] / self.class_seen[label]:
+                return None
+            target = label
+        else:
+            biggest = [c for c, n in self.counts.items() if n == largest]
+            target = biggest[self.rng.randrange(len(biggest))]
+        slots = [i for i in range(self.n) if self.slots[i][1] == target]
+        return slots[self.rng.randrange(len(slots))]
+
+
+def class_incremental_labels(seed=0):
+    rs = np.random.RandomState(seed)
+    return [int(c) for t in range(4) for c in rs.permutation([2 * t] * 90 + [2 * t + 1] * 60)]
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+@pytest.mark.parametrize("batch", [1, 7, 10, 64])
+def test_batched_decisions_equal_offering_one_sample_at_a_time(policy, batch):
+    labels = class_incremental_labels()
+    ref = OneAtATime(40, policy, seed=3)
+    buf = Buffer(40, policy, seed=3)
+    for start in range(0, len(labels), 150):  # one task per 150 samples
+        task = start // 150
+        for i in range(start, start + 150):
+            ref.offer(i, labels[i], task)
+        fill(buf, labels[start:start + 150], batch=batch, start=start, task=task)
+        assert stored_ids(buf) == [s[0] for s in ref.slots[: ref.n]]
+        assert buf.task[: len(buf)].tolist() == [s[2] for s in ref.slots[: ref.n]]
+        assert buf.class_counts() == dict(sorted(ref.counts.items())) and buf.seen == ref.seen
+        assert buf.rng.getstate() == ref.rng.getstate()  # the same draws, no more
+    assert_consistent(buf)
+
+
+def bound(size, policy, seed, labels):
+    """A buffer bound to source tensors (x[i] = [i, label]), as the learner makes one."""
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    x = torch.stack([torch.arange(len(y)).float(), y.float()], 1)
+    return Buffer(size, policy, seed=seed, source=(x, y))
+
+
+def offer_rows(buf, start, stop, task=0, batch=10):
+    sy = buf.source[1]
+    for i in range(start, stop, batch):
+        rows = list(range(i, min(i + batch, stop)))
+        buf.add_rows(rows, sy[rows].tolist(), task)
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_a_buffer_of_rows_keeps_what_a_buffer_of_copies_keeps(policy):
+    labels = class_incremental_labels(1)
+    copies = fill(Buffer(50, policy, seed=4), labels, task=2)
+    rows = bound(50, policy, 4, labels)
+    offer_rows(rows, 0, len(labels), task=2)
+    assert torch.equal(rows.rows[: len(rows)], rows.x[:, 0].long())  # a slot's row is its sample
+    assert torch.equal(rows.x, copies.x) and torch.equal(rows.y, copies.y)
+    assert torch.equal(rows.task[: len(rows)], copies.task[: len(copies)])
+    assert rows.class_counts() == copies.class_counts() and rows.labels() == copies.labels()
+    idx = torch.tensor([3, 0, 49, 7])
+    gx, gy = rows.gather(idx)
+    assert torch.equal(gx, rows.source[0][rows.rows[idx]]) and torch.equal(gy, copies.y[idx])
+    assert_consistent(rows)
+
+
+def test_rows_and_copies_are_offered_through_their_own_method():
+    with pytest.raises(ValueError, match="add_rows"):
+        bound(10, "reservoir", 0, [0] * 20).add(torch.zeros(2, 2), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match="with add"):
+        Buffer(10).add_rows([0, 1], [0, 0])
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_a_buffer_of_rows_resumes_from_its_checkpoint_and_from_one_of_copies(old_format):
+    # checkpoints written before buffers stored rows hold copies only: their rows are found again
+    labels = class_incremental_labels(2)
+    a = bound(60, "reservoir", 5, labels)
+    offer_rows(a, 0, 300, task=0)
+    state = _roundtrip(a.state_dict(), json_rng=True)
+    if old_format:
+        del state["rows"]
+    b = bound(60, "reservoir", 99, labels)
+    b.load_state_dict(state)
+    assert torch.equal(b.rows[: len(b)], a.rows[: len(a)])
+    offer_rows(a, 300, len(labels), task=1)
+    offer_rows(b, 300, len(labels), task=1)
+    assert torch.equal(a.rows, b.rows) and torch.equal(a.task, b.task) and a.seen == b.seen
+    assert counts(a) == counts(b)
+    assert_consistent(b)
+
+
+def test_a_checkpoint_of_samples_not_in_the_source_is_refused():
+    labels = [0, 1] * 20
+    a = fill(Buffer(10, "reservoir", seed=0), labels, start=1000)  # ids the source does not hold
+    b = bound(10, "reservoir", 0, labels)
+    with pytest.raises(ValueError, match="not in the training data"):
+        b.load_state_dict(a.state_dict())
