@@ -40,10 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cfg = load_config(args.config, args.set, data_root=args.data_root)
-    if not args.no_track:  # mlflow's import (seconds) overlaps torch's and the data loading
-        from .tracking.loggers import prewarm
+    if not args.no_track:  # the logging process imports mlflow (seconds) on the other core meanwhile
+        from .tracking.loggers import start_run_child
 
-        prewarm()
+        start_run_child()
     from .data import load_benchmark  # torch import after the config is known good
     from .learner import DivergedError, Hooks, pick_device, run
 

@@ -6,7 +6,8 @@
     replay.py   replay: send an unsent.jsonl to a store, idempotently (`gradmix-tune tracking replay`)
     runlog.py   RunLog: one run's result dicts -> metrics (epoch/, task/, final) and figures
     loggers.py  StudyLogger (a sweep: parent and child runs; Ray Tune's callback hooks without
-                Ray) and RunLogger (one `gradmix-tune run`, on a background thread)
+                Ray) and RunLogger (one `gradmix-tune run`, logged by run_child.py's process)
+    run_child.py  the process that logs one `gradmix-tune run` beside its training
     ui.py       `gradmix-tune ui`'s server: `mlflow ui`, experiments opening on their runs, not the
                 GenAI overview (ui_app.py: the app its uvicorn serves; imports mlflow's server)
 

@@ -18,9 +18,8 @@ import functools
 import json
 import logging
 import os
-import queue
+import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -289,37 +288,33 @@ class StudyLogger:
         self.experiment_end(trials)
 
 
-_WARM: list = []
+_CHILD: list = []  # the logging process started ahead of its run (start_run_child)
 
 
-def prewarm() -> None:
-    """Import mlflow (and what the figures draw with) on a background thread, now: `gradmix-tune run`
-    calls it before loading its data, so the seconds of importing overlap data loading instead of
-    the first task's training or the end. Touches no tracking store (a run that fails to load its
-    data leaves nothing behind). Idempotent."""
-    if _WARM:
+def start_run_child() -> None:
+    """Start the process that will log this `gradmix-tune run` (run_child.py), now: `gradmix-tune
+    run` calls it before importing torch and loading its data, so the child imports mlflow and
+    matplotlib on the other core meanwhile. Touches no tracking store until the run opens (a run
+    that fails to load its data leaves nothing behind). Idempotent."""
+    if _CHILD:
         return
+    # its own session: a Ctrl-C of the training process reaches it as an "end KILLED" message,
+    # not as a signal that would cut the run's last writes short
+    _CHILD.append(subprocess.Popen([sys.executable, "-m", "gradmix_tune.tracking.run_child"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, start_new_session=True))
 
-    def work():
-        try:
-            import matplotlib.figure  # noqa: F401 - figures.py draws with it at the end
-            import matplotlib.ticker  # noqa: F401
-            from mlflow import MlflowClient  # noqa: F401
-            from mlflow.entities import Metric, RunTag  # noqa: F401
-        except Exception as e:  # noqa: BLE001 - the RunLogger's thread imports (and reports) it again
-            log.debug("prewarm: %s", e)
 
-    t = threading.Thread(target=work, name="gradmix-mlflow-import", daemon=True)
-    _WARM.append(t)
-    t.start()
+def _jsonable(o):
+    return o.item() if hasattr(o, "item") else str(o)
 
 
 class RunLogger:
     """Logs one `gradmix-tune run` (no parent) the way a trial is logged: use `on_epoch` and
     `on_task` as learner Hooks, then `end(status)`.
 
-    All MLflow work happens on one background thread (importing mlflow and opening a new
-    sqlite store take seconds): training only computes the small result dicts and queues them."""
+    All MLflow work happens in a child process (run_child.py: importing mlflow, opening the store,
+    drawing the figures take seconds of Python that would compete with training for the GIL):
+    training only computes the small result dicts and writes them to the child's stdin."""
 
     def __init__(self, cfg, tracking_uri: str | None = None, experiment: str | None = None,
                  config_path: str | None = None, command: str | None = None, dataset: dict | None = None,
@@ -329,73 +324,56 @@ class RunLogger:
         cfgd = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         self.uri = resolve_tracking_uri(tracking_uri)
         self.experiment = experiment or DEFAULT_RUN_EXPERIMENT
-        self.w = Writer(self.uri, self.experiment, spill_dir=os.path.abspath(spill_dir) if spill_dir else None)
-        self.rl = RunLog(self.w, "run")
         self._last_avg = float("nan")
-        self._unsent: str | None = None
+        self._run_id: str | None = None
         method = method_of({}, cfgd)
         name = f"{Path(config_path).stem if config_path else 'run'} {method} seed={cfgd.get('seed', 0)}"
         session = uuid.uuid4().hex  # found again by it: a replay of unsent entries makes no second run
         tags = {ROLE: "run", "method": method, "seed": cfgd.get("seed", 0), "config_file": config_path or "",
                 SESSION: session, **source_tags(command)}
-        self._q: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="gradmix-mlflow", daemon=True)
-        self._thread.start()
+        start_run_child()
+        self._child = _CHILD.pop()
+        self._send({"open": {"uri": self.uri, "experiment": self.experiment,
+                             "spill_dir": os.path.abspath(spill_dir) if spill_dir else None,
+                             "name": name, "tags": tags, "params": flatten(cfgd), "find": {SESSION: session},
+                             "config_yaml": yaml.safe_dump(cfgd, sort_keys=False),
+                             "dataset": dataset_input(dataset) if dataset else None}})
 
-        def open_run():
-            self.w.put("run", "run", {"name": name, "tags": tags, "params": flatten(cfgd), "find": {SESSION: session}})
-            self.w.put("artifact", "run", {"file": self.w.file("config.yaml", yaml.safe_dump(cfgd, sort_keys=False)),
-                                           "tmp": True})
-            if dataset:
-                self.w.put("input", "run", dataset_input(dataset))
-            self.w.flush()
-
-        self._q.put(open_run)
-
-    def _work(self) -> None:
-        while True:
-            fn = self._q.get()
-            if fn is None:
-                return
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001 - tracking never stops training
-                log.warning("MLflow tracking failed (training goes on): %s", short(e))
-
-    def _log(self, result: dict, flush: bool = True) -> None:
-        def send():
-            self.rl.result(result)
-            if flush:  # an epoch's metrics wait for the task's: one log_batch a task
-                self.w.flush()
-
-        self._q.put(send)
+    def _send(self, msg: dict) -> None:
+        try:
+            self._child.stdin.write(json.dumps(msg, default=_jsonable) + "\n")
+            self._child.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as e:  # the child died: training goes on
+            log.warning("MLflow tracking process is gone (training goes on): %s", short(e))
 
     @property
     def run_id(self) -> str | None:
-        return self.w.run_ids.get("run")
+        return self._run_id
 
     @_guarded
     def on_epoch(self, rec) -> None:
-        self._log(epoch_result(rec, self._last_avg), flush=False)
+        self._send({"result": epoch_result(rec, self._last_avg), "flush": False})
 
     @_guarded
     def on_task(self, rec, learner) -> None:
         self._last_avg = rec.avg_acc
-        self._log(task_result(rec, learner))  # computed now: the learner moves on
+        self._send({"result": task_result(rec, learner), "flush": True})  # computed now: the learner moves on
 
     @_guarded
     def end(self, status: str = "FINISHED", error: str | None = None) -> str | None:
-        """Figures, status, final flush; waits for the background thread. Returns the file of
-        unsent entries, if any."""
-        def finish():
-            try:
-                self.rl.figures(fetch_history=False)
-            except Exception as e:  # noqa: BLE001
-                log.warning("could not draw the run's figures: %s", short(e))
-            self.rl.end(status, error)
-            self._unsent = self.w.close()
-
-        self._q.put(finish)
-        self._q.put(None)
-        self._thread.join()
-        return self._unsent
+        """Figures, status, final flush (in the child); waits for it. Returns the file of unsent
+        entries, if any."""
+        self._send({"end": {"status": status, "error": error}})
+        try:
+            self._child.stdin.close()
+        except OSError:
+            pass
+        out = self._child.stdout.read()
+        self._child.wait()
+        try:
+            reply = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            log.warning("MLflow tracking process ended without a reply (exit %s)", self._child.returncode)
+            return None
+        self._run_id = reply.get("run_id")
+        return reply.get("unsent")

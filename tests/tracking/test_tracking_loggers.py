@@ -328,3 +328,34 @@ def test_study_logger_hooks_take_what_ray_tune_passes():
     cb = cls(study_obj(), "sqlite:///x.db")
     assert cls.on_trial_result is StudyLogger.on_trial_result and cls.setup is StudyLogger.setup
     assert cb.info["name"] == "tiny" and cb.get_state() is None
+
+
+@pytest.mark.integration
+def test_a_killed_run_is_ended_killed_by_its_logging_process(tmp_path):
+    """`gradmix-tune run` logs from a child process (tracking/run_child.py): when the training
+    process is SIGKILLed mid-run, the child sees its input end and marks the run KILLED, with the
+    tasks logged so far; nothing stays RUNNING."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    uri = f"sqlite:///{tmp_path / 'runs.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "gradmix_tune", "run", "--set", "data.tasks=5",
+                             "--set", "train.epochs=200", "--set", "memory.size=50", "--tracking-uri", uri],
+                            cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the first task is done (and sent): kill the trainer
+            if line.startswith("task 1:"):
+                break
+        (logger,) = psutil.Process(proc.pid).children()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    psutil.wait_procs([logger], timeout=60)  # it finishes the run on its own, then exits
+    c = client(uri)
+    (r,) = c.search_runs([c.get_experiment_by_name("gradmix-runs").experiment_id])
+    assert r.info.status == "KILLED"
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "task/avg_acc")] == [1]
+    assert "error.txt" in artifact_names(c, r.info.run_id)
