@@ -257,3 +257,46 @@ def test_s3_storage_study_killed_and_resumed(tmp_path, s3, s3_ray):
     exp = client.get_experiment_by_name("prod_s3")
     children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}  # resumed in the same runs
+
+
+def test_unsent_entries_are_kept_in_s3_storage_and_resume_from_another_folder_sends_them(tmp_path, s3, s3_ray):
+    """Ray storage on s3:// and a tracking server that is down for the whole study: what MLflow did
+    not take is kept in the bucket (<storage>/<study>/mlflow-unsent/), not only on the driver's
+    disk. A --resume from another folder (another machine's view: no local copy) fetches it from
+    the bucket and sends it to the store it is given; nothing is sent twice."""
+    from services import free_port
+
+    path = ablation(tmp_path, "prod_unsent", "grid: {method: [er]}\nseeds: [0]\n")
+    storage = f"s3://{s3.bucket}/kept"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = driver_env(GRADMIX_MLFLOW_WAIT_S="2", **s3.env)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+
+    def sweep(cwd, uri, *extra):
+        return subprocess.run([sys.executable, "-m", "gradmix_tune", "sweep", str(path), "--storage", storage,
+                               "--tracking-uri", uri, "--reports", str(tmp_path / "reports"), "--address", s3_ray,
+                               *extra], cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+
+    res = sweep(first, dead)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "tracking incomplete" in res.stdout and f"{storage}/prod_unsent/mlflow-unsent/" in res.stdout
+    kept = [k for k in s3.keys("kept/prod_unsent/mlflow-unsent/") if k.endswith("/unsent.jsonl")]
+    assert len(kept) == 1, s3.keys("kept/prod_unsent/")
+    assert any(k.endswith("config.yaml") for k in s3.keys("kept/prod_unsent/mlflow-unsent/"))
+
+    uri = f"sqlite:///{tmp_path}/later.db"
+    res = sweep(second, uri, "--resume")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"to {uri}" in res.stdout and "replayed" in res.stdout
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("prod_unsent").experiment_id])
+    trials = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(trials[0].info.run_id, "task/avg_acc")] == [1, 2, 3]
+    res = sweep(second, uri, "--resume")  # the bucket's file is marked sent to this store: not again
+    assert res.returncode == 0 and "replayed" not in res.stdout, res.stdout[-3000:]
+    assert len(c.search_runs([c.get_experiment_by_name("prod_unsent").experiment_id])) == len(runs)
