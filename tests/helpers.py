@@ -372,3 +372,44 @@ def reference(config: dict):
     cfg = from_dict(json.loads(json.dumps(config)))
     cfg.train.device = "cpu"
     return run(cfg)
+
+
+class Driver:
+    """`gradmix-tune ARGS` as a user's background driver (a study), its output in tmp_path/driver.log:
+    wait for a state of the study on disk, stop it with a signal, re-run it with --resume."""
+
+    ROOT = Path(__file__).resolve().parents[1]
+
+    def __init__(self, args: list[str], tmp_path: Path):
+        self.args = [sys.executable, "-m", "gradmix_tune", *args]
+        self.env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        self.log_path = tmp_path / "driver.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.args, cwd=self.ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_until(self, check, timeout_s: float, what: str) -> None:
+        """Poll `check()` until true; fails (with the driver's output) if the driver ends first or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            assert self.proc.poll() is None, f"ended before {what}: " + self.output()[-3000:]
+            assert time.monotonic() < deadline, f"not in {timeout_s:g} s: {what}\n" + self.output()[-3000:]
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 120) -> int:
+        """Send `sig` and wait for the driver's exit code (killed for good past the timeout)."""
+        try:
+            self.proc.send_signal(sig)
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+    def resume(self, timeout_s: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.args, "--resume"], cwd=self.ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout_s)

@@ -4,7 +4,6 @@
 first needs it, from the same refresh's draws and a frozen copy of the head. The two must agree bit
 for bit on every pair they both score, so every training decision is the same.
 """
-import copy
 
 import numpy as np
 import pytest

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +23,7 @@ import pytest
 from gradmix_tune.config import ConfigError, from_dict
 from gradmix_tune.sweep.protocol import choose, evaluation_config
 from gradmix_tune.sweep.study import load_study, trial_table
-from helpers import SWEEP_BASE, reference, rows, sweep_cli_args, trial_dirs, write_ablation
+from helpers import SWEEP_BASE, Driver, reference, rows, sweep_cli_args, trial_dirs, write_ablation
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = "train.lr: {loguniform: [0.02, 0.3]}\n"
@@ -288,28 +287,16 @@ def test_killed_in_phase_2_resumes_without_rerunning_phase_1(tmp_path, ray_addre
     # slower evaluation runs (5 tasks, 3 epochs) so the driver can be killed in the middle of them
     path = write_ablation(tmp_path, "killtwo", TWO_PHASE.format(name="killtwo", extra=", data.tasks: 5, "
                                                                  "train.epochs: 3"))
-    args = [sys.executable, "-m", "gradmix_tune", "sweep", str(path), *sweep_cli_args(tmp_path),
-            "--address", ray_address, "--max-concurrent", "1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     exp = tmp_path / "ray_results" / "killtwo"
-    log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    try:
-        while True:  # kill once an evaluation run has reported a task
-            assert proc.poll() is None, "ended before the kill: " + (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "phase 2 did not start in time"
-            if any(any(x.get("kind") == "task" for x in rows(d)) for d in trial_dirs(exp / "evaluate").values()):
-                break
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        log.close()
+    driver = Driver(["sweep", str(path), *sweep_cli_args(tmp_path), "--address", ray_address,
+                     "--max-concurrent", "1"], tmp_path)
+    driver.wait_until(lambda: any(any(x.get("kind") == "task" for x in rows(d))  # an evaluation run reported
+                                  for d in trial_dirs(exp / "evaluate").values()), 180, "phase 2 started")
+    driver.stop(signal.SIGKILL)
     tune_before = {n: (d / "result.json").read_bytes() for n, d in trial_dirs(exp).items()}
     assert len(tune_before) == 3 and (exp / "gradmix_choice.json").exists()
 
-    res = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = driver.resume(timeout_s=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "tuning (phase 1) ended before; resuming its evaluation" in res.stdout
     after = trial_dirs(exp)

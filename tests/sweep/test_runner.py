@@ -8,11 +8,7 @@ needs to kill the driver, in a subprocess that joins it with --address.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +16,9 @@ import pytest
 from gradmix_tune.cli import main
 from gradmix_tune.sweep import load_study, run_study
 from gradmix_tune.results import unpack
-from helpers import reference, rows, sweep_cli_args, trial_dirs, write_ablation
+from helpers import Driver, reference, rows, sweep_cli_args, trial_dirs, write_ablation
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------- studies
@@ -126,28 +121,19 @@ def test_killed_study_resumes_without_rerunning(tmp_path, ray_address):
         grid: {method: [er, er_mixup, gradmix]}
         seeds: [0, 1]
         """)
-    args = [sys.executable, "-m", "gradmix_tune", "sweep", str(path), *sweep_cli_args(tmp_path),
-            "--address", ray_address, "--max-concurrent", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     exp = tmp_path / "ray_results" / "killme"
-    log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    try:
-        while True:  # kill once the saved state has two finished trials and one part-way through
-            assert proc.poll() is None, "ended before the kill: " + (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial finished in time"
-            finished = sum(any("final_avg_acc" in x for x in rows(d)) for d in trial_dirs(exp).values())
-            if finished >= 2:
-                state = persisted(exp)
-                st = [v[0] for v in state.values()]
-                if st.count("TERMINATED") >= 2 and any(s == "PENDING" and k >= 1 for s, k in state.values()):
-                    break
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        log.close()
+    driver = Driver(["sweep", str(path), *sweep_cli_args(tmp_path), "--address", ray_address,
+                     "--max-concurrent", "2"], tmp_path)
+
+    def two_finished_one_partway():  # in the saved state: two trials finished and one part-way through
+        if sum(any("final_avg_acc" in x for x in rows(d)) for d in trial_dirs(exp).values()) < 2:
+            return False
+        state = persisted(exp)
+        st = [v[0] for v in state.values()]
+        return st.count("TERMINATED") >= 2 and any(s == "PENDING" and k >= 1 for s, k in state.values())
+
+    driver.wait_until(two_finished_one_partway, 120, "two trials finished and one part-way")
+    driver.stop(signal.SIGKILL)
     state = persisted(exp)  # as the driver left it
     before = {n: (d / "result.json").read_bytes() for n, d in trial_dirs(exp).items() if (d / "result.json").exists()}
     ids = {n.split("_")[1]: n for n in trial_dirs(exp)}
@@ -155,7 +141,7 @@ def test_killed_study_resumes_without_rerunning(tmp_path, ray_address):
     partial = {ids[i]: k for i, (s, k) in state.items() if s == "PENDING" and k >= 1}
     assert len(finished) >= 2 and partial and len(finished) < 6
 
-    res = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    res = driver.resume(timeout_s=240)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "resuming study killme" in res.stdout and "6/6 done" in res.stdout
     after = trial_dirs(exp)

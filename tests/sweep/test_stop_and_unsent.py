@@ -10,22 +10,16 @@ real MLflow stores and the offline digits data:
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-from helpers import client, free_port, sweep_cli_args, write_ablation
+from helpers import Driver, client, free_port, sweep_cli_args, write_ablation
 
 from gradmix_tune.cli import main
 from gradmix_tune.sweep import load_study, run_study
 from gradmix_tune.tracking import ROLE
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def runs(uri: str, experiment: str) -> list:
@@ -47,25 +41,12 @@ def test_sigterm_stops_the_study_and_resume_finishes_it_in_the_same_runs(tmp_pat
         seeds: [0, 1]
         """)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = [sys.executable, "-m", "gradmix_tune", "sweep", str(path), *sweep_cli_args(tmp_path),
-            "--address", ray_address, "--max-concurrent", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     exp = tmp_path / "ray_results" / "stopme"
-    log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    try:
-        while not list(exp.glob("t*/checkpoint_*")):  # a task of some trial is done: mid-study
-            assert proc.poll() is None, "ended early: " + (tmp_path / "driver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no task finished in time"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
-    out = (tmp_path / "driver.log").read_text()
+    driver = Driver(["sweep", str(path), *sweep_cli_args(tmp_path), "--address", ray_address,
+                     "--max-concurrent", "2"], tmp_path)
+    driver.wait_until(lambda: list(exp.glob("t*/checkpoint_*")), 180, "a task of some trial done (mid-study)")
+    code = driver.stop(signal.SIGTERM)
+    out = driver.output()
     assert code == 143, out[-3000:]
     assert f"gradmix-tune sweep {path} --resume" in out and "SIGTERM" in out
     stopped = runs(uri, "stopme")
@@ -75,7 +56,7 @@ def test_sigterm_stops_the_study_and_resume_finishes_it_in_the_same_runs(tmp_pat
     assert parent.info.status == "KILLED"
     assert any(r.info.status == "KILLED" for r in stopped if r.data.tags.get(ROLE) == "trial")
 
-    res = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = driver.resume(timeout_s=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "resuming study stopme" in res.stdout and "4/4 done" in res.stdout
     c = client(uri)
