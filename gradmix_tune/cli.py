@@ -62,10 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"tracking: {tracker.uri} (experiment {tracker.experiment}; --no-track to skip)", flush=True)
 
     def on_task(rec, state):
+        if tracker:  # handed to the logging process first: a task the console shows is never lost
+            tracker.on_task(rec, state)
         accs = " ".join(f"{a:.3f}" for a in rec.accuracies)
         print(f"task {rec.task + 1}: avg acc {rec.avg_acc:.4f}  [{accs}]  ({rec.time_s:.1f} s)", flush=True)
-        if tracker:
-            tracker.on_task(rec, state)
 
     try:
         result = run(cfg, Hooks(on_epoch=tracker.on_epoch if tracker else None, on_task=on_task), bench=bench)
