@@ -69,6 +69,54 @@ def set_generator_count(generator, trials_created: int) -> None:
     generator._finished = False
 
 
+# ---------------------------------------------------------------------------- saving a study's state
+# The driver writes the study's state (experiment_state-*.json, the searcher's and the callbacks'
+# state) to a staging folder and a background thread copies it into the study's folder, in place:
+# a driver killed mid-copy leaves a file cut short, and --resume then fails to restore (a
+# truncated callback-states pickle, an experiment_state Ray cannot parse). Ray's syncer takes no
+# upload function; its private _FilesystemSyncer builds the copy command.
+
+def _atomic_local_upload(local_path: str, fs_path: str) -> None:
+    """Copy the staging folder's files to fs_path (a local folder), each through a hidden
+    temporary file renamed over the old one, so a reader (or a resume after a crash) sees the
+    old file or the new one, never a part. The study's state goes last: a crash between files
+    leaves the searcher ahead of it, which a resume already reconciles (sweep.search)."""
+    import os
+    import shutil
+
+    files = []
+    for root, _dirs, names in os.walk(local_path):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), local_path)
+            files.append((name.startswith("experiment_state-"), rel))
+    for _last, rel in sorted(files):
+        dest = os.path.join(fs_path, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
+        shutil.copyfile(os.path.join(local_path, rel), tmp)
+        os.replace(tmp, dest)
+
+
+def atomic_state_uploads() -> None:
+    """From now on in this process, Ray copies a study's state into a local study folder file by
+    file atomically (_atomic_local_upload). Object stores (s3://, gs://) need nothing: an
+    object appears whole or not at all. Idempotent."""
+    import pyarrow.fs
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    original = _FilesystemSyncer._sync_up_command
+    if getattr(original, "atomic", False):
+        return
+
+    def _sync_up_command(self, local_path, uri, exclude=None):
+        if not exclude and isinstance(self.storage_filesystem, pyarrow.fs.LocalFileSystem):
+            return _atomic_local_upload, {"local_path": local_path, "fs_path": uri}
+        return original(self, local_path, uri, exclude)
+
+    _sync_up_command.atomic = True
+    _FilesystemSyncer._sync_up_command = _sync_up_command
+
+
 # ---------------------------------------------------------------------------- after fit()
 def result_trials(result_grid) -> list:
     """The live Trial objects behind a ResultGrid (status, id, error file), in its order. A
@@ -88,12 +136,27 @@ def result_trials(result_grid) -> list:
 # ask whether a token is available, to turn token mode on for this process, or to try the GCS
 # once with a deadline.
 
-def token_available() -> bool:
-    """A token Ray would send: $RAY_AUTH_TOKEN, the file at $RAY_AUTH_TOKEN_PATH, or
-    ~/.ray/auth_token (Ray's own loader, whatever the auth mode now is)."""
-    from ray._raylet import AuthenticationTokenLoader
+_HAS_TOKEN = r"""
+from ray._raylet import AuthenticationTokenLoader
+print(bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)))
+"""
 
-    return bool(AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True))
+
+def token_available(timeout_s: float = 60.0) -> bool:
+    """A token Ray would send: $RAY_AUTH_TOKEN, the file at $RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token (Ray's own loader, whatever the auth mode now is). Asked in a child
+    process: the loader is a process-wide singleton, and once it holds a token this process's
+    Ray servers demand it on every call, so a driver that then joins a cluster without token
+    auth has its actors cancelled ("Missing authorization header")."""
+    import subprocess
+    import sys
+
+    try:
+        res = subprocess.run([sys.executable, "-c", _HAS_TOKEN], capture_output=True, text=True,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return res.stdout.strip().endswith("True")
 
 
 def enable_token_auth_if_available() -> bool:

@@ -13,6 +13,7 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
+from ..config import ConfigError
 from . import ray_compat
 from .callbacks import MlflowCallback, Progress, error_text
 from .checkpoints import prune_checkpoints
@@ -37,6 +38,7 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
     a Ray it started. A study's second phase (phases.py: `phase` "evaluate") logs its runs under
     the first phase's parent run (`parent_run_id`; else the study's latest)."""
     started = init_ray(address, num_cpus, num_gpus, dashboard)
+    ray_compat.atomic_state_uploads()  # a driver killed mid-save leaves whole state files
     rearm()  # ray.init put its own SIGTERM handler in place of the study's
     try:
         slots = check_cluster(study, storage_given)
@@ -85,6 +87,7 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
         quiet = logging.getLogger("ray.tune")  # trial tracebacks: the progress lines say it shorter
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)
+        restore = _RestoreFailure()
         try:
             grid = tuner.fit()
             trials = outcomes(grid, study)
@@ -93,8 +96,11 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
             raise
         except Exception as e:
             raise_if_storage_full(study, e)
+            if restore.error is not None:
+                raise restore.as_config_error(study) from restore.error
             raise
         finally:
+            restore.close()
             quiet.setLevel(level)
         if resume:
             remove_orphans(study, trials)
@@ -103,6 +109,40 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
         if started:
             ray.shutdown()
     return trials, tracker.parent_run_id
+
+
+class _RestoreFailure(logging.Handler):
+    """Why Ray could not restore a study's saved state. Ray logs it ("Failed to restore the run
+    state.") and goes on as if the study were new, which then fails on an assertion that says
+    nothing; the progress lines keep Ray's log quiet, so this handler keeps the reason."""
+
+    NAME = "ray.tune.execution.tune_controller"
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.error: BaseException | None = None
+        self.logger = logging.getLogger(self.NAME)
+        self.saved = (self.logger.level, self.logger.propagate)
+        self.logger.setLevel(logging.ERROR)  # "ray.tune" is held at CRITICAL meanwhile
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and self.error is None and "restore" in record.getMessage():
+            self.error = record.exc_info[1]
+
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.saved[0])
+        self.logger.propagate = self.saved[1]
+        super().close()
+
+    def as_config_error(self, study: Study) -> ConfigError:
+        return ConfigError(study.experiment_path, None,
+                           f"Ray could not restore the study's saved state ({type(self.error).__name__}: "
+                           f"{self.error})",
+                           "start over with --overwrite (finished trials' results stay in MLflow and in "
+                           "their trial folders until then)")
 
 
 def saved_trials(experiment_path: str) -> list | None:

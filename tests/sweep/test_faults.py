@@ -149,12 +149,20 @@ def can_unshare_mounts() -> bool:
 
 # ---------------------------------------------------------------------------- a 2-node cluster
 @pytest.fixture(scope="class")
-def cluster():
+def cluster(tmp_path_factory):
     """ray.cluster_utils.Cluster on 127.0.0.1: a head with no CPUs (nothing runs there) and one
     worker node with 1 CPU, so the node that runs a trial is known. Class-scoped: it is gone
-    before the tests that use a plain local Ray start one (2 cores cannot host both)."""
+    before the tests that use a plain local Ray start one (2 cores cannot host both).
+    Its nodes run without token auth (RAY_AUTH_MODE=disabled, which every node started in the
+    class inherits; a local ray.init earlier in this process sets token mode in os.environ),
+    while the drivers under test have a token on hand and no RAY_AUTH_MODE (driver_env): the
+    case of a machine that once ran Ray locally joining a cluster started without tokens."""
     saved = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the nodes' workers inherit it
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    token = tmp_path_factory.mktemp("ray_token") / "auth_token"
+    token.write_text("0123456789abcdef" * 4)
+    os.environ["GRADMIX_TEST_DRIVER_TOKEN"] = str(token)
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
@@ -168,6 +176,14 @@ def cluster():
         os.environ.update(saved)
 
 
+def driver_env() -> dict:
+    """A driver joining the `cluster` fixture's nodes: a token on hand, RAY_AUTH_MODE unset."""
+    e = env()
+    e.pop("RAY_AUTH_MODE", None)
+    e["RAY_AUTH_TOKEN_PATH"] = e.pop("GRADMIX_TEST_DRIVER_TOKEN")
+    return e
+
+
 class TestTwoNodeCluster:
     """Faults of a 2-node Ray cluster on this machine (ray.cluster_utils.Cluster)."""
 
@@ -178,7 +194,7 @@ class TestTwoNodeCluster:
         exp = tmp_path / "rr" / "nodeloss"
         log = tmp_path / "driver.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen(sweep_args(tmp_path, path, cluster.address), cwd=ROOT, env=env(), stdout=out,
+            proc = subprocess.Popen(sweep_args(tmp_path, path, cluster.address), cwd=ROOT, env=driver_env(), stdout=out,
                                     stderr=subprocess.STDOUT)
             try:
                 deadline = time.monotonic() + 180
@@ -247,7 +263,7 @@ class TestTwoNodeCluster:
             path = study_file(tmp_path, "blind", methods="er", seeds="0")
             res = subprocess.run([sys.executable, "-m", "gradmix_tune", "sweep", str(path), "--storage",
                                   str(hidden / "rr"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-                                  "--address", cluster.address], cwd=ROOT, env=env(), capture_output=True, text=True,
+                                  "--address", cluster.address], cwd=ROOT, env=driver_env(), capture_output=True, text=True,
                                  timeout=180)
         finally:
             os.killpg(node.pid, signal.SIGTERM)

@@ -146,3 +146,52 @@ def test_a_tiny_tuner_crash_restore_and_resume_use_them_as_expected(tmp_path, ra
     assert json.loads(ended.read_text()) == ["TERMINATED"] * 3  # the fresh callback ran
     assert sorted(r.config["index"] for r in grid2) == [0, 1, 1]
     assert len(ray_compat.result_trials(grid2)) == 3
+
+
+_UPLOADER = r"""
+import sys
+import pyarrow.fs
+from ray.train._internal.storage import _FilesystemSyncer
+from gradmix_tune.sweep import ray_compat
+
+ray_compat.atomic_state_uploads()
+syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=0, sync_timeout=60)
+fn, kwargs = syncer._sync_up_command(local_path=sys.argv[1], uri=sys.argv[2])
+print(fn.__name__, flush=True)
+while True:
+    fn(**kwargs)
+"""
+
+
+def test_a_driver_killed_while_saving_leaves_whole_state_files(tmp_path):
+    """_FilesystemSyncer._sync_up_command builds the copy of the driver's staging folder into the
+    study's folder. Ray copies in place: a driver SIGKILLed mid-copy left an experiment_state
+    (or callback-states) file cut short, and --resume failed. With atomic_state_uploads each
+    file is the old one or the new one at every moment the copier can be killed."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    staging, study = tmp_path / "staging", tmp_path / "study"
+    staging.mkdir()
+    state = {"trial_data": ["x" * 1000] * 20_000}  # ~20 MB: Ray's state of a 200-trial study is ~12 MB
+    (staging / "experiment_state-s.json").write_text(json.dumps(state))
+    (staging / "callback-states-s.pkl").write_bytes(os.urandom(8 << 20))
+    sizes = {p.name: p.stat().st_size for p in staging.iterdir()}
+    for kill in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _UPLOADER, str(staging), str(study)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "_atomic_local_upload"
+        time.sleep(random.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        for name, size in sizes.items():
+            if (study / name).exists():
+                assert (study / name).stat().st_size == size, f"kill {kill}: {name} cut short"
+        if (study / "experiment_state-s.json").exists():
+            assert json.loads((study / "experiment_state-s.json").read_text()) == state
+    assert set(sizes) <= {p.name for p in study.iterdir()}, "never got a whole copy down"
+    assert not [p for p in study.iterdir() if p.name.startswith("experiment_state") and p.name not in sizes]
