@@ -399,6 +399,23 @@ class Driver:
             assert time.monotonic() < deadline, f"not in {timeout_s:g} s: {what}\n" + self.output()[-3000:]
             time.sleep(0.05)
 
+    def kill_when(self, check, timeout_s: float, what: str) -> None:
+        """SIGKILL the driver the first time `check()` holds, checked while the driver is paused
+        (SIGSTOP), so the study's saved state it is killed in is the one `check` saw."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, f"ended before {what}: " + self.output()[-3000:]
+            assert time.monotonic() < deadline, f"not in {timeout_s:g} s: {what}\n" + self.output()[-3000:]
+            self.proc.send_signal(signal.SIGSTOP)
+            try:
+                if check():
+                    self.stop(signal.SIGKILL)
+                    return
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGKILL, timeout_s: float = 120) -> int:
         """Send `sig` and wait for the driver's exit code (killed for good past the timeout)."""
         try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,6 +179,12 @@ def trial_results(s3, prefix: str) -> dict[str, list[dict]]:
     return out
 
 
+def trial_dirs_in(s3, prefix: str) -> set[str]:
+    """The trial folders (t<index>_<id>) under the study's prefix in the bucket."""
+    return {k[len(prefix):].split("/")[0] for k in s3.keys(prefix)
+            if re.match(r"t\d{4}_", k[len(prefix):]) and "/" in k[len(prefix):]}
+
+
 def test_s3_storage_study_killed_and_resumed(tmp_path, s3, s3_ray):
     path = ablation(tmp_path, "prod_s3", """\
         base:
@@ -219,9 +226,30 @@ def test_s3_storage_study_killed_and_resumed(tmp_path, s3, s3_ray):
     finished = {n for n in trial_results(s3, prefix) if n.split("_", 1)[1] in done}
     assert finished
 
+    # what a killed driver can also leave in the bucket: a checkpoint a worker wrote whose result the
+    # driver never recorded (here: a copy of the interrupted trial's newest, under a later index),
+    # and the folder of a trial it created but never saved (params.json only)
+    client = s3.client()
+    part_dir = next(n for n in trial_dirs_in(s3, prefix) if n.split("_", 1)[1] in partial)
+    newest = max(k[len(prefix):].split("/")[1] for k in objects if k.startswith(prefix + part_dir + "/checkpoint_"))
+    stale = f"checkpoint_{int(newest.split('_')[1]) + 50:06d}"
+    for k in [k for k in objects if k.startswith(f"{prefix}{part_dir}/{newest}/")]:
+        client.copy_object(Bucket=s3.bucket, Key=k.replace(f"/{newest}/", f"/{stale}/"),
+                           CopySource={"Bucket": s3.bucket, "Key": k})
+    client.put_object(Bucket=s3.bucket, Key=f"{prefix}t0003_0000dead/params.json", Body=b"{}")
+
     res = gradmix(*args, "--resume", env=env, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"resuming study prod_s3 from {storage}/prod_s3" in res.stdout and "3/3 done" in res.stdout
+    # cleaned up in the bucket as on a local disk: one trial folder a trial, one checkpoint each
+    # (its final one); the unrecorded checkpoint was never restored from, and is gone
+    ckpts = {}
+    for key in s3.keys(prefix):
+        name, _, rest = key[len(prefix):].partition("/")
+        if rest.startswith("checkpoint_"):
+            ckpts.setdefault(name, set()).add(rest.split("/")[0])
+    assert len(trial_dirs_in(s3, prefix)) == 3, sorted(trial_dirs_in(s3, prefix))
+    assert all(len(v) == 1 for v in ckpts.values()) and stale not in ckpts[part_dir], ckpts
 
     after = trial_results(s3, prefix)
     finals = {}

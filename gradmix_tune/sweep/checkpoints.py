@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shutil
-from pathlib import Path
 
 import pyarrow.fs as pafs
 from ray.tune import Checkpoint
 
 from . import ray_compat
-from .storage import result_rows
-from .study import Study, is_uri
+from .storage import filesystem, result_rows
+from .study import Study
 
 CHECKPOINT_FILE = "learner.pt"  # the learner's state_dict, in every checkpoint folder
 _CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
@@ -113,20 +111,22 @@ def prune_checkpoints(study: Study, result_grid) -> None:
     checkpoint whose result is recorded (the final one, for a finished trial) and the one the
     saved state names (the same, unless a killed driver's state lagged). The others are ones a
     killed driver never recorded or Ray no longer tracks (restores never write over an existing
-    checkpoint folder, see trial.Trainable.restore). Local storage only."""
-    if is_uri(study.storage_path):
-        return
+    checkpoint folder, see trial.Trainable.restore). Local folder or URI (s3://...)."""
+    fs, exp = filesystem(study.experiment_path)
     for r in result_grid:
         if not r.path:
             continue
-        d = Path(study.experiment_path) / os.path.basename(r.path.rstrip("/"))
-        found, recorded = trial_checkpoints(pafs.LocalFileSystem(), str(d))
-        keep = {os.path.basename(p) for _, p in found if os.path.basename(p) in recorded}
+        d = posixpath.join(exp, posixpath.basename(r.path.rstrip("/")))
+        found, recorded = trial_checkpoints(fs, d)
+        keep = {posixpath.basename(p) for _, p in found if posixpath.basename(p) in recorded}
         keep = set(sorted(keep)[-1:])  # the newest whose result is recorded (the final one, if ended)
         if r.checkpoint is not None:  # and the one the saved state names
-            keep.add(os.path.basename(r.checkpoint.path.rstrip("/")))
-        if not keep & {os.path.basename(p) for _, p in found}:
+            keep.add(posixpath.basename(r.checkpoint.path.rstrip("/")))
+        if not keep & {posixpath.basename(p) for _, p in found}:
             continue  # nothing we are sure of: leave them all
         for _, p in found:
-            if os.path.basename(p) not in keep:
-                shutil.rmtree(p, ignore_errors=True)
+            if posixpath.basename(p) not in keep:
+                try:
+                    fs.delete_dir(p)
+                except OSError:
+                    pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..config import ConfigError
 from .study import Study, is_uri, join
 
 STUDY_FILE = "gradmix_study.json"  # the Study's record (Study.record) beside Ray's state
+_TRIAL_DIR = re.compile(r"^t\d{4}_")  # a trial's folder (trial.trial_dirname)
 
 
 # ---------------------------------------------------------------------------- file I/O, path or URI
@@ -27,7 +29,7 @@ def filesystem(path_or_uri: str):
 
     if is_uri(path_or_uri):
         return pafs.FileSystem.from_uri(path_or_uri)
-    return pafs.LocalFileSystem(), path_or_uri
+    return pafs.LocalFileSystem(), os.path.abspath(path_or_uri)
 
 
 def exists(path_or_uri: str) -> bool:
@@ -209,22 +211,35 @@ def raise_if_storage_full(study: Study, error: BaseException) -> None:
 def remove_orphans(study: Study, trials: list) -> None:
     """A trial the driver created just before it was killed, and never recorded, is created
     again on resume under a new id. Its old folder holds no result: remove it. `trials`: the
-    study's TrialOutcomes. Local storage only."""
-    if is_uri(study.storage_path):
-        return
+    study's TrialOutcomes. Local folder or URI (s3://...)."""
+    import pyarrow.fs as pafs
+
     ids = {t.trial_id for t in trials}
     if len(ids) != len(trials) or "" in ids:
         return  # not sure which folders are the study's: leave them
     configs = {json.dumps(t.config, sort_keys=True) for t in trials if t.status != "unfinished"}
-    for d in Path(study.experiment_path).glob("t[0-9][0-9][0-9][0-9]_*"):
-        if not d.is_dir() or d.name.split("_", 1)[1] in ids:
+    fs, exp = filesystem(study.experiment_path)
+    try:
+        folders = [i for i in fs.get_file_info(pafs.FileSelector(exp, allow_not_found=True))
+                   if i.type == pafs.FileType.Directory and _TRIAL_DIR.match(i.base_name)]
+    except OSError:
+        return
+    for d in folders:
+        if d.base_name.split("_", 1)[1] in ids:
             continue
-        files = {f.name: f for f in d.iterdir()}
+        try:
+            files = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(d.path, recursive=False))}
+        except OSError:
+            continue
         empty = set(files) <= {"params.json", "params.pkl", "result.json"} and \
-            ("result.json" not in files or files["result.json"].stat().st_size == 0)
+            ("result.json" not in files or files["result.json"].size == 0)
         try:  # it got as far as a result or a checkpoint: the same trial has ended under its new id
-            again = json.dumps(json.loads(files["params.json"].read_text()), sort_keys=True) in configs
-        except (KeyError, OSError, ValueError):
+            with fs.open_input_stream(posixpath.join(d.path, "params.json")) as f:
+                again = json.dumps(json.loads(f.read()), sort_keys=True) in configs
+        except (OSError, ValueError):
             again = False
         if empty or again:
-            shutil.rmtree(d, ignore_errors=True)
+            try:
+                fs.delete_dir(d.path)
+            except OSError:
+                pass

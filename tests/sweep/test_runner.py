@@ -8,7 +8,6 @@ needs to kill the driver, in a subprocess that joins it with --address.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import pytest
@@ -136,8 +135,7 @@ def test_killed_study_resumes_without_rerunning(tmp_path, ray_address):
         st = [v[0] for v in state.values()]
         return st.count("TERMINATED") >= 2 and any(s == "PENDING" and k >= 1 for s, k in state.values())
 
-    driver.wait_until(two_finished_one_partway, 120, "two trials finished and one part-way")
-    driver.stop(signal.SIGKILL)
+    driver.kill_when(two_finished_one_partway, 120, "two trials finished and one part-way")
     state = persisted(exp)  # as the driver left it
     before = {n: (d / "result.json").read_bytes() for n, d in trial_dirs(exp).items() if (d / "result.json").exists()}
     ids = {n.split("_")[1]: n for n in trial_dirs(exp)}
@@ -151,7 +149,8 @@ def test_killed_study_resumes_without_rerunning(tmp_path, ray_address):
     after = trial_dirs(exp)
     # every trial the saved state knew keeps its id; one created in the instant before the kill
     # (never saved) starts again under a new id and leaves no empty folder behind
-    assert len(after) == 6 and {ids[i] for i in state} <= set(after), (sorted(ids), sorted(after))
+    # (a trial saved as PENDING may have had no folder yet when the driver was killed)
+    assert len(after) == 6 and set(state) <= {n.split("_")[1] for n in after}, (sorted(state), sorted(after))
     study = load_study(path)
     for n, d in after.items():
         r = rows(d)
@@ -159,10 +158,18 @@ def test_killed_study_resumes_without_rerunning(tmp_path, ray_address):
         assert len(finals) == 1, (n, len(finals))  # every trial ends exactly once
         if n in finished:  # finished before the kill: not run again
             assert (d / "result.json").read_bytes() == before[n]
-        if n in partial:  # interrupted: continued at its last checkpointed task, not from task 0
-            old = sum(len(unpack(json.loads(ln))) for ln in before[n].decode().splitlines() if ln.strip())
-            assert r[old]["task"] == partial[n] and r[old]["kind"] == "epoch", (partial[n], r[old])
-            assert [x["tasks_done"] for x in r[old:] if x["kind"] == "task"] == list(range(partial[n] + 1, 6))
+        if n in partial:  # interrupted: continued at its last recorded task, not from task 0
+            had = [x for ln in before[n].decode().splitlines() if ln.strip() for x in unpack(json.loads(ln))]
+            # result.json can be ahead of the saved state (Ray saves its state on a timer): the
+            # trial continues from the newest task whose result is recorded, or, if it had ended,
+            # is restored to its final checkpoint and runs and reports nothing again
+            last = max([x["tasks_done"] for x in had if x["kind"] == "task"], default=0)
+            assert last >= partial[n], (partial[n], last)
+            if last == 5:
+                assert len(r) == len(had), n
+            else:
+                assert r[len(had)]["task"] == last and r[len(had)]["kind"] == "epoch", (last, r[len(had)])
+                assert [x["tasks_done"] for x in r[len(had):] if x["kind"] == "task"] == list(range(last + 1, 6))
         cfg = json.loads((d / "params.json").read_text())
         assert cfg == study.trials[cfg["index"]]
         # resumed or not, the result is the one an uninterrupted run gives
