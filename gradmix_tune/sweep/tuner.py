@@ -97,6 +97,7 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
         except Exception as e:
             raise_if_storage_full(study, e)
             if restore.error is not None:
+                tracker.abort()  # runs the resume reopened end KILLED, not RUNNING
                 raise restore.as_config_error(study) from restore.error
             raise
         finally:

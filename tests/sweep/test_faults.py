@@ -389,6 +389,31 @@ def test_half_written_checkpoint_is_never_trusted(tmp_path, ray_address):
 
 
 # ---------------------------------------------------------------------------- storage
+def test_a_saved_state_ray_cannot_restore_is_one_exit_2_line(tmp_path, ray_address):
+    """Ray's restore of a study can fail past the checks before it (here: its callbacks' saved
+    state cut in half, as a crash mid-write once left it). Ray logs why, carries on as if the
+    study were new and dies on an assertion; --resume says Ray's reason in one exit-2 line
+    instead, and leaves no MLflow run RUNNING."""
+    path = study_file(tmp_path, "cutstate", methods="er", seeds="0")
+    args = sweep_args(tmp_path, path, ray_address)
+    first = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    state = next((tmp_path / "rr" / "cutstate").glob("callback-states-*.pkl"))
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+
+    res = subprocess.run(args + ["--resume"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    err = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "Ray could not restore the study's saved state" in err[0] and "--overwrite" in err[0], err[0]
+    assert "assert not self._experiment" not in res.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cutstate").experiment_id])
+    assert runs and "RUNNING" not in {r.info.status for r in runs}, [r.info.status for r in runs]
+
+
 def test_unusable_storage_exits_2_before_ray(tmp_path):
     """--storage under a regular file (fails even for root), a read-only folder (chmod 0o500; as
     root, run without the capability that overrides file modes) and a full disk (a 256 KiB tmpfs
