@@ -76,11 +76,16 @@ def set_generator_count(generator, trials_created: int) -> None:
 # truncated callback-states pickle, an experiment_state Ray cannot parse). Ray's syncer takes no
 # upload function; its private _FilesystemSyncer builds the copy command.
 
+_UPLOADED: dict[str, tuple[int, int]] = {}  # destination file -> (size, mtime_ns) of the copy made
+
+
 def _atomic_local_upload(local_path: str, fs_path: str) -> None:
     """Copy the staging folder's files to fs_path (a local folder), each through a hidden
     temporary file renamed over the old one, so a reader (or a resume after a crash) sees the
     old file or the new one, never a part. The study's state goes last: a crash between files
-    leaves the searcher ahead of it, which a resume already reconciles (sweep.search)."""
+    leaves the searcher ahead of it, which a resume already reconciles (sweep.search). The folder
+    holds every trial's result.json and params too: a file unchanged since its last copy (same
+    size and modification time, still there) is not copied again, where Ray copies them all."""
     import os
     import shutil
 
@@ -89,12 +94,21 @@ def _atomic_local_upload(local_path: str, fs_path: str) -> None:
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), local_path)
             files.append((name.startswith("experiment_state-"), rel))
+    made = set()
     for _last, rel in sorted(files):
-        dest = os.path.join(fs_path, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
-        shutil.copyfile(os.path.join(local_path, rel), tmp)
+        src, dest = os.path.join(local_path, rel), os.path.join(fs_path, rel)
+        st = os.stat(src)
+        stamp = (st.st_size, st.st_mtime_ns)
+        if _UPLOADED.get(dest) == stamp and os.path.exists(dest):
+            continue
+        folder = os.path.dirname(dest)
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        tmp = os.path.join(folder, f".{os.path.basename(dest)}.partial")
+        shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
+        _UPLOADED[dest] = stamp
 
 
 def atomic_state_uploads() -> None:

@@ -149,6 +149,7 @@ def test_a_tiny_tuner_crash_restore_and_resume_use_them_as_expected(tmp_path, ra
 
 
 _UPLOADER = r"""
+import os
 import sys
 import pyarrow.fs
 from ray.train._internal.storage import _FilesystemSyncer
@@ -158,7 +159,10 @@ ray_compat.atomic_state_uploads()
 syncer = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=0, sync_timeout=60)
 fn, kwargs = syncer._sync_up_command(local_path=sys.argv[1], uri=sys.argv[2])
 print(fn.__name__, flush=True)
+names = [os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1])]
 while True:
+    for p in names:  # changed each time, as Ray's state is: every round copies every file
+        os.utime(p)
     fn(**kwargs)
 """
 
@@ -195,3 +199,31 @@ def test_a_driver_killed_while_saving_leaves_whole_state_files(tmp_path):
             assert json.loads((study / "experiment_state-s.json").read_text()) == state
     assert set(sizes) <= {p.name for p in study.iterdir()}, "never got a whole copy down"
     assert not [p for p in study.iterdir() if p.name.startswith("experiment_state") and p.name not in sizes]
+
+
+def test_state_uploads_copy_what_changed_and_what_is_missing(tmp_path):
+    """The staging folder also holds every trial's result.json and params: a file unchanged since
+    its last copy is not copied again; a changed or missing one is."""
+    import pyarrow.fs
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    ray_compat.atomic_state_uploads()
+    staging, study = tmp_path / "staging", tmp_path / "study"
+    (staging / "t0000_a").mkdir(parents=True)
+    (staging / "t0000_a" / "result.json").write_text('{"a": 1}\n')
+    (staging / "experiment_state-s.json").write_text("{}")
+    fn, kwargs = _FilesystemSyncer(storage_filesystem=pyarrow.fs.LocalFileSystem(), sync_period=0,
+                                   sync_timeout=60)._sync_up_command(local_path=str(staging), uri=str(study))
+    fn(**kwargs)
+    assert (study / "t0000_a" / "result.json").read_text() == '{"a": 1}\n'
+    (study / "t0000_a" / "result.json").write_text("changed in the study folder")  # not by the upload
+    fn(**kwargs)
+    assert (study / "t0000_a" / "result.json").read_text() == "changed in the study folder"  # unchanged: not copied
+    with open(staging / "t0000_a" / "result.json", "a") as f:  # Ray appends a result
+        f.write('{"a": 2}\n')
+    (study / "experiment_state-s.json").unlink()
+    fn(**kwargs)
+    assert (study / "t0000_a" / "result.json").read_text() == '{"a": 1}\n{"a": 2}\n'
+    assert (study / "experiment_state-s.json").read_text() == "{}"
+    assert not [p for p in study.rglob("*.partial")]
+

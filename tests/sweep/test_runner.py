@@ -102,12 +102,8 @@ def persisted(exp: Path) -> dict[str, tuple[str, int]]:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # "no result.json yet"
     if not list(exp.glob("experiment_state-*.json")):
         return {}
-    try:
-        trials = ExperimentAnalysis(str(exp)).trials
-    except ValueError:  # JSONDecodeError: read while Ray's copier was writing it (a driver still running)
-        return {}
-    out = {}
-    for t in trials:
+    out = {}  # read whole: Ray's copies of its state are atomic (ray_compat.atomic_state_uploads)
+    for t in ExperimentAnalysis(str(exp)).trials:
         ckpt = t.checkpoint
         out[t.trial_id] = (t.status, int(Path(ckpt.path).name.split("_")[1]) + 1 if ckpt else 0)
     return out
