@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/many_classes.py
 	$(PY) benchmarks/sweep_throughput.py
+	$(PY) benchmarks/many_trials.py
 	$(PY) benchmarks/decision_stability.py
 	$(PY) benchmarks/approximation_agreement.py
 

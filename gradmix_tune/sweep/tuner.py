@@ -39,6 +39,7 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
     the first phase's parent run (`parent_run_id`; else the study's latest)."""
     started = init_ray(address, num_cpus, num_gpus, dashboard)
     ray_compat.atomic_state_uploads()  # a driver killed mid-save leaves whole state files
+    ray_compat.throttle_forced_state_saves()  # state saves stay ~5% of the driver's time
     rearm()  # ray.init put its own SIGTERM handler in place of the study's
     try:
         slots = check_cluster(study, storage_given)
@@ -76,10 +77,11 @@ def fit_study(study: Study, *, resume: bool, max_concurrent: int | None, num_cpu
                 run_config=tune.RunConfig(
                     name=study.ray_name, storage_path=study.ray_storage, callbacks=callbacks, verbose=0,
                     failure_config=tune.FailureConfig(max_failures=study.max_failures),
-                    # one per trial: Ray then saves the study's state after every checkpoint
-                    # (it forces a snapshot every num_to_keep checkpoints), so a killed driver
-                    # loses the least. Ray deletes the previous checkpoint a moment before that
-                    # snapshot: a restore never trusts the state blindly (checkpoints.usable_checkpoint).
+                    # one per trial: Ray then saves the study's state after a checkpoint (it forces
+                    # a snapshot every num_to_keep checkpoints; ray_compat.throttle_forced_state_saves
+                    # keeps those to ~5% of the driver's time). Ray deletes the previous checkpoint
+                    # before that snapshot: a restore never trusts the state blindly
+                    # (checkpoints.usable_checkpoint).
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
             save_study_record(study)
             print(f"study {study.name}: {study.num_trials} trials, up to {concurrency} at a time "

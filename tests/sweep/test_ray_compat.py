@@ -227,3 +227,46 @@ def test_state_uploads_copy_what_changed_and_what_is_missing(tmp_path):
     assert (study / "experiment_state-s.json").read_text() == "{}"
     assert not [p for p in study.rglob("*.partial")]
 
+
+
+def test_forced_state_saves_keep_to_their_share_of_the_driver_time(tmp_path, ray_address):
+    """_ExperimentCheckpointManager.on_trial_checkpoint forces a save of the whole study state
+    after every trial checkpoint (num_to_keep=1), and a study of many trials spent most of its
+    driver time on it. Throttled, a checkpoint forces a save only once the last one is at least
+    19 times its own duration ago: at once after a fast save, not soon after a slow one."""
+    import time
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+
+    ray_compat.throttle_forced_state_saves()
+    ray_compat.throttle_forced_state_saves()  # idempotent
+    storage = StorageContext(storage_path=str(tmp_path / "results"), experiment_dir_name="exp")
+    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period="auto",
+                                           sync_every_n_trial_checkpoints=1)
+    saves: list[float] = []
+
+    def save_taking(seconds: float):
+        def save():
+            time.sleep(seconds)
+            staging = Path(storage.experiment_driver_staging_path)
+            staging.mkdir(parents=True, exist_ok=True)
+            (staging / "experiment_state-x.json").write_text(json.dumps({"saves": len(saves)}))
+            saves.append(seconds)
+        return save
+
+    manager.sync_up_experiment_state(save_taking(0.01), force=True, wait=True)
+    time.sleep(2.0)  # a fast save: a checkpoint a moment later forces the next one
+    manager.on_trial_checkpoint("trial_a")
+    manager.sync_up_experiment_state(save_taking(0.3), wait=True)
+    assert saves == [0.01, 0.3]
+    for _ in range(3):  # 0.3 s a save: no forced save for the next 5.7 s
+        manager.on_trial_checkpoint("trial_a")
+        manager.on_trial_checkpoint("trial_b")
+        manager.sync_up_experiment_state(save_taking(0.3), wait=True)
+    assert saves == [0.01, 0.3]
+    manager._last_save_time -= 6.0  # ... later: a checkpoint forces the save again
+    manager.on_trial_checkpoint("trial_b")
+    manager.sync_up_experiment_state(save_taking(0.01), wait=True)
+    assert saves == [0.01, 0.3, 0.01]
+    assert json.loads((Path(storage.experiment_fs_path) / "experiment_state-x.json").read_text()) == {"saves": 2}
