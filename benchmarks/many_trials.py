@@ -13,8 +13,9 @@ Two arms, each in its own process, run one after the other in this one run:
   throttled  forced saves only while they take <= 5% of the driver's time (the default)
 
 Numbers: wall = the whole run_study call; trials phase = first trial's start -> last trial's
-end (as the driver sees them); state saves = how many times the driver wrote the study's state,
-and their total seconds (timed around Ray's own save). --quick: 100 trials.
+end (as the driver sees them); state saves = how many times the driver wrote the study's state
+(Ray's TuneController.save_to_dir, forced or timed), and their total seconds on the driver loop
+(serialising it; the copy into the study folder runs on Ray's background thread). --quick: 100 trials.
 """
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def arm(name: str, trials: int, work: Path) -> dict:
     TuneController.save_to_dir = timed_save
 
     class Clock(Callback):
-        start: dict = {}
-        end: dict = {}
+        def __init__(self):
+            self.start: dict[str, float] = {}
+            self.end: dict[str, float] = {}
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.start.setdefault(trial.trial_id, time.perf_counter())

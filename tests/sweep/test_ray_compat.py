@@ -255,9 +255,11 @@ def test_forced_state_saves_keep_to_their_share_of_the_driver_time(tmp_path, ray
             saves.append(seconds)
         return save
 
+    t0 = time.monotonic()
     manager.sync_up_experiment_state(save_taking(0.01), force=True, wait=True)
-    time.sleep(2.0)  # a fast save: a checkpoint a moment later forces the next one
-    manager.on_trial_checkpoint("trial_a")
+    took = time.monotonic() - t0  # at least what the manager timed (serialising, waiting for the copy)
+    time.sleep(max(0.0, 19 * took - (time.monotonic() - t0)) + 0.05)  # a fast save: ~0.2 s later a
+    manager.on_trial_checkpoint("trial_a")  # checkpoint forces the next one
     manager.sync_up_experiment_state(save_taking(0.3), wait=True)
     assert saves == [0.01, 0.3]
     for _ in range(3):  # 0.3 s a save: no forced save for the next 5.7 s
