@@ -76,18 +76,25 @@ def usable_checkpoint(checkpoint_result):
     the trial's result.json on storage (saved together with the state, so results continue
     without a gap), else it starts over from task 0 (its metrics are not logged twice to
     MLflow). The note says which. A newer checkpoint whose result is not in result.json is not
-    used: that task's rows would be missing from the trial's results."""
+    used: that task's rows would be missing from the trial's results. A trial whose final result
+    is recorded has ended, whatever its checkpoints: it continues from its final one, which
+    runs nothing (trial.train_trial does not load it)."""
     ckpt = checkpoint_result.checkpoint
     name = posixpath.basename(ckpt.path.rstrip("/"))
     found, recorded = trial_checkpoints(ckpt.filesystem, posixpath.dirname(ckpt.path.rstrip("/")))
     # the trial had ended (its final result is recorded) though the saved state names an earlier
     # checkpoint: continue from the final one, so nothing is run, or reported, a second time
     final = next((p for _, p in found if "final_avg_acc" in recorded.get(posixpath.basename(p), {})), None)
-    if final is not None and posixpath.basename(final) != name:
-        cand = Checkpoint(final, filesystem=ckpt.filesystem)
-        if checkpoint_problem(cand) is None:
-            return (ray_compat.training_result(cand, recorded[posixpath.basename(final)]),
-                    f"the trial had ended: its final result is recorded with {posixpath.basename(final)} "
+    if final is not None:
+        cand, base = Checkpoint(final, filesystem=ckpt.filesystem), posixpath.basename(final)
+        problem = checkpoint_problem(cand)
+        if problem is not None:  # its recorded result stands: running it again would end it twice
+            return (ray_compat.training_result(cand, recorded[base]),
+                    f"the trial had ended: its final result is recorded with {base}, whose checkpoint is "
+                    f"unusable ({problem}); the recorded result stands, nothing to run again")
+        if base != name:
+            return (ray_compat.training_result(cand, recorded[base]),
+                    f"the trial had ended: its final result is recorded with {base} "
                     f"(the saved state named {name}); nothing to run again")
     problem = checkpoint_problem(ckpt)
     if problem is None:

@@ -29,6 +29,7 @@ from .checkpoints import CHECKPOINT_FILE, newest_checkpoint_index, usable_checkp
 # Trial id -> what Trainable.restore did about an unusable checkpoint (set in the trial's actor
 # by Trainable.restore, read by train_trial in the same process).
 _RESTORE_NOTES: dict[str, str] = {}
+_ENDED: set[str] = set()  # trials restored to their recorded final result: nothing to run
 
 
 def train_trial(config: dict, per_epoch: bool = False) -> None:
@@ -55,7 +56,11 @@ def train_trial(config: dict, per_epoch: bool = False) -> None:
     last_val = [float("nan")] if val_fraction(cfg) > 0 else None
     # what Trainable.restore had to do about a missing or unreadable checkpoint (see
     # checkpoints.usable_checkpoint): said in the first result, which the driver's progress lines print
-    note = [_RESTORE_NOTES.pop(tune.get_context().get_trial_id(), None)]
+    trial_id = tune.get_context().get_trial_id()
+    note = [_RESTORE_NOTES.pop(trial_id, None)]
+    if trial_id in _ENDED:  # its final result is recorded (and is Ray's last result): not loaded, not run
+        _ENDED.discard(trial_id)
+        return
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         try:
@@ -164,6 +169,8 @@ class _SafeRestore:
             print(f"gradmix-tune: trial {self.trial_id}: {note}", file=sys.stderr, flush=True)
         if chosen is None:  # Ray's restore skipped: train_trial gets no checkpoint and starts at task 0
             return None
+        if "final_avg_acc" in (chosen.metrics or {}):
+            _ENDED.add(self.trial_id)
         return super().restore(chosen)
 
 

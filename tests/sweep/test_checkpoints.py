@@ -69,3 +69,13 @@ def test_checkpoint_choice_on_restore(tmp_path):
     name, note, chosen = choose("checkpoint_000000")
     assert name == "checkpoint_000002" and chosen.metrics["final_avg_acc"] == 0.5
     assert note.startswith("the trial had ended: its final result is recorded with checkpoint_000002")
+    # ... and its final checkpoint torn (a crash, a full disk): it still ended, with its recorded
+    # result; running it again would end it twice (a second final row). Named or not, it stands.
+    f2 = trial / "checkpoint_000002" / CHECKPOINT_FILE
+    f2.write_bytes(f2.read_bytes()[:1000])
+    for named in ("checkpoint_000000", "checkpoint_000002"):
+        name, note, chosen = choose(named)
+        assert name == "checkpoint_000002" and chosen.metrics["final_avg_acc"] == 0.5, (named, note)
+        assert note.startswith("the trial had ended: its final result is recorded with checkpoint_000002, "
+                               "whose checkpoint is unusable (it cannot be read"), note
+        assert note.endswith("the recorded result stands, nothing to run again")

@@ -353,15 +353,17 @@ def test_half_written_checkpoint_is_never_trusted(tmp_path, ray_address):
     exp = tmp_path / "rr" / "torn"
     args = sweep_args(tmp_path, path, ray_address, "--max-concurrent", "2")
 
-    def has_progress(state):
-        return any(st not in ("TERMINATED", "ERROR") and ck and os.path.exists(ck)
-                   and int(Path(ck).name.split("_")[1]) >= 1 for _, st, ck in state)
+    def part_way(state):  # saved as running with a checkpoint after task 2 or later, and not ended on disk
+        # (the saved state can lag: the trial may have ended since; its result.json, which the
+        # paused driver writes, says so)
+        return [ck for _, st, ck in state if st not in ("TERMINATED", "ERROR") and ck and os.path.exists(ck)
+                and int(Path(ck).name.split("_")[1]) >= 1 and not finals(rows(Path(ck).parent))]
 
     with open(tmp_path / "driver.log", "w") as out:
         proc = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=out, stderr=subprocess.STDOUT)
-        state = kill_driver_when(proc, exp, has_progress)
+        state = kill_driver_when(proc, exp, part_way)
     assert state, "the study ended before a trial had two checkpoints"
-    tid, _, ck = next(s for s in state if s[1] not in ("TERMINATED", "ERROR") and s[2] and os.path.exists(s[2]))
+    ck = part_way(state)[0]
     d = Path(ck).parent
     cut = []
     for c in d.glob("checkpoint_*/" + CHECKPOINT_FILE):
@@ -386,6 +388,43 @@ def test_half_written_checkpoint_is_never_trusted(tmp_path, ray_address):
     assert finals(rows(d))[0]["final_avg_acc"] == reference(cfg["config"]).final_avg_acc
     assert not set(c.name for c in d.glob("checkpoint_*")) & set(cut)  # the torn ones are gone, not reused
     assert "4/4 done" in res.stdout
+
+
+def test_an_ended_trial_whose_final_checkpoint_is_torn_is_not_run_again(tmp_path, ray_address):
+    """The saved state can lag a trial by several checkpoints (state saves are throttled), so a
+    killed driver can leave a trial saved as running that had in fact ended (its final result is
+    in result.json). If its final checkpoint is then unreadable too, --resume must not run it
+    again from task 0 (a second final row, a second end): its recorded result stands."""
+    path = study_file(tmp_path, "ended", methods="er", seeds="0")
+    args = sweep_args(tmp_path, path, ray_address)
+    first = subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    exp = tmp_path / "rr" / "ended"
+    (d,) = trial_dirs(exp).values()
+    before = (d / "result.json").read_bytes()
+    # the state as a driver killed just before it saved the trial's end leaves it
+    state_file = next(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    trial_json = json.loads(state["trial_data"][0][0])
+    assert trial_json["status"] == "TERMINATED"
+    trial_json["status"] = "RUNNING"
+    state["trial_data"][0][0] = json.dumps(trial_json)
+    state_file.write_text(json.dumps(state))
+    (final,) = [c for c in d.glob("checkpoint_*/" + CHECKPOINT_FILE)]
+    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
+
+    res = subprocess.run(args + ["--resume"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "1/1 done" in res.stdout, res.stdout[-3000:]
+    assert (d / "result.json").read_bytes() == before  # nothing run or reported again
+    assert len(finals(rows(d))) == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("ended").experiment_id],
+                                "tags.`gradmix.role` = 'trial'")
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "task/acc_task_1")] == [1, 2, 3, 4, 5]
 
 
 # ---------------------------------------------------------------------------- storage
